@@ -105,6 +105,21 @@ TEST(TuningCli, ShowTableAndJson) {
   EXPECT_EQ(q.at("tokens"), 8192);
   EXPECT_EQ(q.at("config").at("col_blocks"), 2);
   EXPECT_DOUBLE_EQ(q.at("gain_percent").get<double>(), 25.0);
+  EXPECT_EQ(q.at("timing"), "warm");
+}
+
+// An entry timed by `kiln tune --cold-code` says so in show's JSON and in the table's last line.
+TEST(TuningCli, ShowsColdCodeTiming) {
+  const TempDir dir;
+  json cold = quant_tile(2048, 8192, 2, 32.0);
+  cold["provenance"]["timing"] = "cold-code";
+  const std::string file = write_tuning(dir.path() / "t.json", {rms_fwd(2048, 1024, 4, 16.0), cold});
+  const CliResult r = run_kiln({"tuning", "show", file});
+  ASSERT_EQ(r.rc, 0) << r;
+  EXPECT_TRUE(contains(r.out, "2 entries in " + file + " (1 timed with cold instruction caches)")) << r;
+  const json j = show_json(file);
+  EXPECT_EQ(j.at("entries")[0].at("timing"), "warm");
+  EXPECT_EQ(j.at("entries")[1].at("timing"), "cold-code");
 }
 
 TEST(TuningCli, BadFileExitsOneNamingFileAndLine) {

@@ -158,6 +158,28 @@ TEST(TuningDb, CanonicalSaveIsStable) {
   EXPECT_LT(once.find("\"mode\"", tile), once.find("\"w_f32\"", tile));
 }
 
+// Provenance::timing: absent for warm timing (every file before `kiln tune --cold-code`, and still what warm runs
+// write), "cold-code" otherwise; it survives a save and load and takes part in an entry's equality.
+TEST(TuningDb, TimingRoundTripsAndIsOptional) {
+  std::vector<json> entries = valid_entries();
+  entries[1]["provenance"]["timing"] = "cold-code";
+  const TuningDb db = TuningDb::parse(file_text(entries), "tuning.json");
+  const TuningEntry& q = db.entries[2];  // entries[1], sorted last
+  EXPECT_EQ(q.key.family, "rms_norm_block_quant");
+  EXPECT_EQ(q.provenance.timing, kTimingColdCode);
+  EXPECT_EQ(db.entries[0].provenance.timing, "");
+  const std::string text = db.to_json();
+  EXPECT_EQ(TuningDb::parse(text, "b.json").entries, db.entries);
+  // Only the cold entry carries the field: a warm file's bytes are what they were before the field existed.
+  size_t n = 0;
+  for (size_t at = text.find("\"timing\""); at != std::string::npos; at = text.find("\"timing\"", at + 1)) ++n;
+  EXPECT_EQ(n, 1u);
+  EXPECT_EQ(TuningDb::parse(valid_text(), "a.json").to_json().find("timing"), std::string::npos);
+  TuningEntry warm = q;
+  warm.provenance.timing.clear();
+  EXPECT_NE(warm, q);
+}
+
 TEST(TuningDb, TokenBucket) {
   EXPECT_EQ(token_bucket(-5), 1u);
   EXPECT_EQ(token_bucket(0), 1u);
@@ -204,6 +226,27 @@ TEST(TuningDb, MergeKeepsTheFasterAndSaysWhich) {
   const MergeResult swapped = merge(b, a);
   EXPECT_DOUBLE_EQ(swapped.db.find(faster_b.key)->median_us, 15.0);
   EXPECT_EQ(swapped.db.find(tie.key)->config[0].second, 4);  // b's, now first
+}
+
+// Times taken warm and with cold instruction caches are not compared: the second entry is taken, whichever is faster.
+TEST(TuningDb, MergeAcrossTimingsTakesTheSecond) {
+  TuningEntry warm = entry("rms_norm", "fwd", 2048, 1024, {{"warps", 4}, {"rows", 0}, {"stages", 0}}, 10.0);
+  TuningEntry cold = entry("rms_norm", "fwd", 2048, 1024, {{"warps", 8}, {"rows", 0}, {"stages", 0}}, 12.0);
+  cold.provenance.timing = kTimingColdCode;
+  const MergeResult r = merge(db_of({warm}), db_of({cold}));
+  ASSERT_EQ(r.decisions.size(), 1u);
+  EXPECT_FALSE(r.decisions[0].kept_first);
+  EXPECT_EQ(r.decisions[0].why(), "timed differently (first warm, second cold-code): took the second");
+  EXPECT_EQ(r.db.entries.at(0), cold);
+  const MergeResult back = merge(db_of({cold}), db_of({warm}));
+  EXPECT_EQ(back.db.entries.at(0), warm);
+  EXPECT_EQ(back.decisions.at(0).why(), "timed differently (first cold-code, second warm): took the second");
+  // Both cold: the faster, as for warm entries.
+  TuningEntry cold2 = warm;
+  cold2.provenance.timing = kTimingColdCode;
+  const MergeResult both = merge(db_of({cold}), db_of({cold2}));
+  EXPECT_EQ(both.db.entries.at(0), cold2);
+  EXPECT_EQ(both.decisions.at(0).why(), "second is faster (10.00 µs vs 12.00 µs)");
 }
 
 TEST(TuningDb, DiffReportsAddedRemovedAndChangedOutsideTheNoiseBand) {
@@ -355,6 +398,12 @@ std::vector<StrictCase> strict_cases() {
   e = entry2();
   e["provenance"]["rack"] = 4;
   add_entry_case("provenance extra", e, "entries[2].provenance.rack", "unknown field");
+  e = entry2();
+  e["provenance"]["timing"] = "warm";  // warm timing is written as no field at all
+  add_entry_case("provenance timing value", e, "entries[2].provenance.timing", "expected \"cold-code\"");
+  e = entry2();
+  e["provenance"]["timing"] = true;
+  add_entry_case("provenance timing type", e, "entries[2].provenance.timing", "expected a string, got true");
   // Same key as entry 0 (only the config and time differ).
   e = valid_entries()[0];
   e["config"]["warps"] = 8;

@@ -817,6 +817,8 @@ TEST(TuneCli, UsageErrors) {
         {"tune", "--model", "ling-mini-2.0", "--out", "x.json", "--budget-s", "-1"},
         {"tune", "--model", "ling-mini-2.0", "--out", "x.json", "--families", "no_such_family"},
         {"tune", "--model", "ling-mini-2.0", "--out", "x.json", "--repeats", "3"},
+        {"tune", "--model", "ling-mini-2.0", "--out", "x.json", "--cold-code=1"},
+        {"tune", "--model", "ling-mini-2.0", "--out", "x.json", "--cold"},
         {"resolve", "--model", "ling-mini-2.0"},
         {"prewarm", "--tuning", "x.json", "--families", "rms_norm"}}) {
     const CliResult r = run_kiln(args);
@@ -831,6 +833,11 @@ TEST(TuneCli, NeedsAGpu) {
   EXPECT_EQ(r.rc, 1) << r;
   EXPECT_TRUE(contains(r.err, "driver")) << r;
   EXPECT_FALSE(fs::exists(dir.path() / "t.json"));
+  // --cold-code is a flag: accepted, then the same missing driver.
+  const CliResult c =
+      run_kiln({"tune", "--model", "ling-mini-2.0", "--out", (dir.path() / "t.json").string(), "--cold-code"});
+  EXPECT_EQ(c.rc, 1) << c;
+  EXPECT_TRUE(contains(c.err, "driver")) << c;
 }
 
 }  // namespace

@@ -52,12 +52,14 @@ commands:
       given). --model and --tuning are mutually exclusive.
 
   tune --model <preset|file> --out FILE [--tokens 1024,4096,8192] [--budget-s N] [--spec-budget-s N]
-       [--families a,b] [--repeats N] [--jobs N] [--json]
+       [--families a,b] [--repeats N] [--jobs N] [--cold-code] [--json]
       Measure every tile config of each tunable specialization the model needs, at each token count, on this
       GPU; keep the fastest one whose outputs match the default config's (ties within max(3 %, 0.5 µs) go to the
       default) and write the tuning file (replacing FILE). Prints per specialization the default and best µs,
       the gain and the rejected candidates, then the gain per family. --budget-s bounds the whole run (default:
-      none), --spec-budget-s each specialization and token count (default 60). Needs a GPU.
+      none), --spec-budget-s each specialization and token count (default 60). --cold-code evicts every SM's
+      instruction caches before each timed call, as bench --cold-code does (the entries record it as "timing":
+      "cold-code"; a merge never compares them with warm ones). Needs a GPU.
 
   resolve --model <preset|file> --arch sm_90a [--tokens 1024,4096,8192] [--families a,b] [--tuning FILES]
           [--cache-dir DIR] [--json]
@@ -370,6 +372,7 @@ ordered_json entry_json(const kiln::tuner::TuningEntry& e) {
   out["default_us"] = e.default_us;
   out["gain_percent"] = e.gain_percent();
   out["gpu"] = e.provenance.gpu;
+  out["timing"] = e.provenance.timing.empty() ? "warm" : e.provenance.timing;
   return out;
 }
 
@@ -388,7 +391,10 @@ int tuning_show(const std::string& file, bool json) {
                named_values(e.config), fmt::format("{:.2f}", e.median_us), fmt::format("{:.2f}", e.default_us),
                fmt::format("{:+.1f}", e.gain_percent())});
   table.print(stdout);
-  fmt::print("{} entries in {}\n", db.entries.size(), file);
+  const auto cold = std::count_if(db.entries.begin(), db.entries.end(),
+                                  [](const auto& e) { return e.provenance.timing == kiln::tuner::kTimingColdCode; });
+  fmt::print("{} entries in {}{}\n", db.entries.size(), file,
+             cold ? fmt::format(" ({} timed with cold instruction caches)", cold) : "");
   return 0;
 }
 
@@ -533,7 +539,7 @@ std::string short_status(const kiln::tuner::CandidateResult& c) {
 int cmd_tune(std::span<const std::string_view> argv) {
   const Args args("tune", argv,
                   {"--model", "--out", "--tokens", "--budget-s", "--spec-budget-s", "--families", "--repeats", "--jobs"},
-                  {"--json"});
+                  {"--json", "--cold-code"});
   if (args.help()) return print_usage();
   args.no_positional();
   const kiln::ModelConfig model = kiln::load_model(args.required("--model"));
@@ -544,6 +550,7 @@ int cmd_tune(std::span<const std::string_view> argv) {
   if (auto v = args.value("--spec-budget-s")) opts.spec_budget_s = parse_seconds("tune --spec-budget-s", *v);
   opts.repeats = args.integer("--repeats", 20, 100000, opts.repeats);
   opts.compile_jobs = args.integer("--jobs", 0, 1024, 0);
+  opts.cold_code = args.has("--cold-code");
   const std::vector<std::string> families = split_list(args.value("--families").value_or(""));
   for (const std::string& f : families)
     if (!kiln::detail::find_family(f)) throw UsageError(fmt::format("tune: unknown family '{}'", f));
@@ -564,13 +571,14 @@ int cmd_tune(std::span<const std::string_view> argv) {
   specs = kiln::tuner::unique_tunable(specs);
   if (specs.empty()) throw kiln::Error(fmt::format("tune: {} has no tunable specialization", model.name));
   if (!json)
-    fmt::print("tuning {} specializations of {} on {} ({} SMs, {}) at tokens {}\n", specs.size(), model.name,
+    fmt::print("tuning {} specializations of {} on {} ({} SMs, {}) at tokens {}{}\n", specs.size(), model.name,
                rt.impl().device().name, rt.impl().device().sm_count, arch.name(),
                join([&] {
                  std::vector<std::string> t;
                  for (int64_t m : tokens) t.push_back(std::to_string(m));
                  return t;
-               }(), ","));
+               }(), ","),
+               opts.cold_code ? "; instruction caches evicted before every timed call (--cold-code)" : "");
 
   if (!json) {
     size_t candidates = 0;
@@ -636,8 +644,9 @@ int cmd_tune(std::span<const std::string_view> argv) {
     g.log_gain += std::log(r.default_us / r.best_us);
   }
   if (json) {
-    ordered_json j = {{"model", model.name}, {"out", out}, {"seconds", seconds}, {"results", ordered_json::array()},
-                      {"families", ordered_json::object()}};
+    ordered_json j = {{"model", model.name},           {"out", out},
+                      {"cold_code", opts.cold_code},       {"seconds", seconds},
+                      {"results", ordered_json::array()}, {"families", ordered_json::object()}};
     for (const auto& r : results) {
       ordered_json c = ordered_json::array();
       for (const auto& cand : r.candidates)

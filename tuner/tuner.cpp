@@ -273,7 +273,7 @@ std::vector<HostOutput> download(const std::vector<TensorRef>& outputs) {
 }
 
 TuningEntry make_entry(Runtime& rt, const Specialization& base, const Specialization& winner, int64_t tokens,
-                       double median_us, double default_us) {
+                       double median_us, double default_us, bool cold_code) {
   Specialization named = base;
   named.config = winner.config;
   TuningEntry e = to_entry(named, token_bucket(tokens));
@@ -281,6 +281,7 @@ TuningEntry make_entry(Runtime& rt, const Specialization& base, const Specializa
   e.median_us = std::max(median_us, 1e-3);
   e.default_us = std::max(default_us, 1e-3);
   e.provenance = current_provenance(rt);
+  if (cold_code) e.provenance.timing = kTimingColdCode;
   return e;
 }
 
@@ -536,7 +537,7 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
   if (skipped)
     r.note += fmt::format("{}{} of {} candidates skipped (time budget {:.0f} s)", r.note.empty() ? "" : "; ", skipped,
                           r.candidates.size(), opts.spec_budget_s);
-  r.entry = make_entry(rt, def, r.candidates[r.winner].spec, tokens, r.best_us, r.default_us);
+  r.entry = make_entry(rt, def, r.candidates[r.winner].spec, tokens, r.best_us, r.default_us, l2.cold_code());
   r.has_entry = true;
   return finish();
 }
@@ -599,6 +600,7 @@ std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& all
     }
 
   detail::L2Flusher l2(rt, nullptr);
+  if (opts.cold_code) l2.set_cold_code(true, nullptr);
   std::vector<TuneResult> results;
   for (const Specialization& s : specs) {
     if (!tunable(s)) continue;

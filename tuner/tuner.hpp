@@ -49,6 +49,10 @@ struct TuneOptions {
   double spec_budget_s = 60;     // per (specialization, token count)
   double run_budget_s = 0;       // whole run; 0 = no limit
   int compile_jobs = 0;          // parallel compiles of all candidates up front (0: one per core)
+  // Before every timed call (after the L2 flush) evict every SM's instruction caches, as `kiln bench --cold-code`
+  // does: the times of a training step, where other kernels run between two calls of one. The entries say so
+  // (Provenance::timing). tune() only; tune_one() times as the L2Flusher it is given is set.
+  bool cold_code = false;
   std::vector<InjectedCandidate> inject;  // tests only
   // Candidates known not to compile (key → the compiler's message): rejected without another attempt. tune() fills
   // it from its parallel compile.

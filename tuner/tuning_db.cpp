@@ -33,6 +33,7 @@ constexpr const char* kTopFields[] = {"schema", "version", "entries"};
 constexpr const char* kEntryFields[] = {"family", "kernel",     "arch",       "params",    "tokens",
                                         "config", "median_us",  "default_us", "provenance"};
 constexpr const char* kProvenanceFields[] = {"gpu", "sm_count", "driver", "cuda", "nvrtc", "kiln_version", "date", "host"};
+constexpr const char* kProvenanceOptional[] = {"timing"};
 
 // Where things start in the text: nlohmann's DOM keeps no positions, so messages about a well-formed but wrong file
 // get their line numbers from this pass over the (already successfully parsed) text. It also rejects duplicate
@@ -194,12 +195,19 @@ class Validator {
   [[noreturn]] void bad(const std::string& path, std::string_view what) const { fail(source_, line_, path, what); }
 
   // `obj` has exactly the fields `names`: none unknown, none missing.
+  // obj has exactly `names`, plus any of `optional`.
   void exact_fields(const json& obj, const std::string& path, const std::vector<const char*>& names,
-                    std::string_view noun) const {
+                    std::string_view noun, const std::vector<const char*>& optional = {}) const {
     if (!obj.is_object()) bad(path, fmt::format("expected an object, got {}", shown(obj)));
+    auto named = [](const std::vector<const char*>& v, const std::string& name) {
+      return std::find_if(v.begin(), v.end(), [&](const char* n) { return name == n; }) != v.end();
+    };
     for (const auto& [name, value] : obj.items())
-      if (std::find_if(names.begin(), names.end(), [&](const char* n) { return name == n; }) == names.end())
-        bad(path + "." + name, fmt::format("unknown {} (expected {})", noun, join_names(names)));
+      if (!named(names, name) && !named(optional, name)) {
+        std::vector<const char*> all = names;
+        all.insert(all.end(), optional.begin(), optional.end());
+        bad(path + "." + name, fmt::format("unknown {} (expected {})", noun, join_names(all)));
+      }
     for (const char* n : names)
       if (!obj.contains(n)) bad(path, fmt::format("missing {} \"{}\"", noun, n));
   }
@@ -286,7 +294,8 @@ class Validator {
 
     const std::string ppath = path + ".provenance";
     const json& p = j["provenance"];
-    exact_fields(p, ppath, {std::begin(kProvenanceFields), std::end(kProvenanceFields)}, "field");
+    exact_fields(p, ppath, {std::begin(kProvenanceFields), std::end(kProvenanceFields)}, "field",
+                 {std::begin(kProvenanceOptional), std::end(kProvenanceOptional)});
     Provenance& pv = e.provenance;
     pv.gpu = string(p["gpu"], ppath + ".gpu");
     pv.sm_count = integer(p["sm_count"], ppath + ".sm_count", 0, std::numeric_limits<int32_t>::max());
@@ -296,6 +305,12 @@ class Validator {
     pv.kiln_version = string(p["kiln_version"], ppath + ".kiln_version");
     pv.date = string(p["date"], ppath + ".date");
     pv.host = string(p["host"], ppath + ".host");
+    if (p.contains("timing")) {
+      pv.timing = string(p["timing"], ppath + ".timing");
+      if (pv.timing != kTimingColdCode)
+        bad(ppath + ".timing", fmt::format("expected \"{}\" (warm timing has no field), got \"{}\"", kTimingColdCode,
+                                           pv.timing));
+    }
     return e;
   }
 
@@ -393,6 +408,7 @@ std::string TuningDb::to_json() const {
     pj["kiln_version"] = p.kiln_version;
     pj["date"] = p.date;
     pj["host"] = p.host;
+    if (!p.timing.empty()) pj["timing"] = p.timing;
     j["provenance"] = std::move(pj);
     doc["entries"].push_back(std::move(j));
   }
@@ -453,6 +469,11 @@ const TuningEntry* TuningDb::find(const TuningKey& key) const {
 }
 
 std::string MergeDecision::why() const {
+  if (first_timing != second_timing) {
+    auto name = [](const std::string& t) { return t.empty() ? std::string("warm") : t; };
+    return fmt::format("timed differently (first {}, second {}): took the second", name(first_timing),
+                       name(second_timing));
+  }
   if (first_us == second_us) return fmt::format("tie at {:.2f} µs: kept the first", first_us);
   return fmt::format("{} is faster ({:.2f} µs vs {:.2f} µs)", kept_first ? "first" : "second",
                      kept_first ? first_us : second_us, kept_first ? second_us : first_us);
@@ -469,7 +490,9 @@ MergeResult merge(const TuningDb& first, const TuningDb& second) {
       continue;
     }
     const TuningEntry& b = *it->second;
-    MergeDecision d{a.key, a.median_us <= b.median_us, a.median_us, b.median_us};
+    const bool same_timing = a.provenance.timing == b.provenance.timing;
+    MergeDecision d{a.key, same_timing && a.median_us <= b.median_us, a.median_us, b.median_us, a.provenance.timing,
+                    b.provenance.timing};
     r.db.entries.push_back(d.kept_first ? a : b);
     r.decisions.push_back(std::move(d));
     only_second.erase(it);

@@ -53,8 +53,12 @@ struct Provenance {
   std::string gpu;
   int64_t sm_count = 0;
   std::string driver, cuda, nvrtc, kiln_version, date, host;
+  // How the calls were timed: "" (the file has no "timing" field) = warm, each config's calls back to back;
+  // kTimingColdCode = `kiln tune --cold-code`, every SM's instruction caches evicted before each timed call.
+  std::string timing;
   bool operator==(const Provenance&) const = default;
 };
+inline constexpr const char* kTimingColdCode = "cold-code";
 
 struct TuningEntry {
   TuningKey key;
@@ -91,7 +95,9 @@ struct MergeDecision {
   TuningKey key;
   bool kept_first = true;
   double first_us = 0, second_us = 0;
-  // "first is faster (38.70 µs vs 41.00 µs)", "tie at 38.70 µs: kept the first"
+  std::string first_timing, second_timing;  // Provenance::timing of each ("" = warm)
+  // "first is faster (38.70 µs vs 41.00 µs)", "tie at 38.70 µs: kept the first", "timed differently (first warm,
+  // second cold-code): took the second"
   std::string why() const;
 };
 
@@ -100,7 +106,9 @@ struct MergeResult {
   std::vector<MergeDecision> decisions;  // one per key present in both, in key order
 };
 
-// Union of both; a key in both keeps the entry with the lower median_us (the first on a tie).
+// Union of both; a key in both keeps the entry with the lower median_us (the first on a tie) — if both were timed the
+// same way. Times taken warm and with cold instruction caches are not comparable: then the second entry is taken
+// (with `kiln tuning import` and store_entries the new measurement, with `kiln tuning merge A B` B's).
 MergeResult merge(const TuningDb& first, const TuningDb& second);
 
 struct TuningChange {

@@ -177,6 +177,26 @@ TEST_F(TunerGpu, TwoRunsAgreeWithinTheNoiseBand) {
   }
 }
 
+// `kiln tune --cold-code` (TuneOptions::cold_code): every candidate is timed with the instruction caches evicted, the
+// entry says so, and a warm run of the same specialization writes no timing.
+TEST_F(TunerGpu, ColdCodeTimesEveryCandidateAndSaysSo) {
+  Runtime& r = rt();
+  const Specialization base = norm_fwd(r);
+  for (const bool cold : {true, false}) {
+    tuner::TuneOptions opts;
+    opts.cold_code = cold;
+    const std::vector<TuneResult> res = tuner::tune(r, {base}, {1024}, opts);
+    ASSERT_EQ(res.size(), 1u);
+    std::printf("%s: %s", cold ? "cold" : "warm", describe(res[0]).c_str());
+    ASSERT_TRUE(res[0].has_entry) << res[0].note;
+    for (const CandidateResult& c : res[0].candidates) {
+      EXPECT_TRUE(c.ok()) << c.label << ": " << c.status;
+      EXPECT_GT(c.us, 0.0) << c.label;
+    }
+    EXPECT_EQ(res[0].entry.provenance.timing, cold ? tuner::kTimingColdCode : "");
+  }
+}
+
 // A tuning file with one entry: `fwd` with warps = `warps` (its other config fields as the family builds them) at
 // bucket `tokens`. Field names come from the family, so the file follows the family's current config.
 std::string write_fwd_db(const std::filesystem::path& path, const Specialization& fwd, int warps, uint64_t tokens) {
