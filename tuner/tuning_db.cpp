@@ -194,8 +194,7 @@ class Validator {
   }
   [[noreturn]] void bad(const std::string& path, std::string_view what) const { fail(source_, line_, path, what); }
 
-  // `obj` has exactly the fields `names`: none unknown, none missing.
-  // obj has exactly `names`, plus any of `optional`.
+  // `obj` has exactly the fields `names` (none unknown, none missing), and may have any of `optional`.
   void exact_fields(const json& obj, const std::string& path, const std::vector<const char*>& names,
                     std::string_view noun, const std::vector<const char*>& optional = {}) const {
     if (!obj.is_object()) bad(path, fmt::format("expected an object, got {}", shown(obj)));
