@@ -286,7 +286,7 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
 
   L2Flusher l2(rt, stream);
   l2.set_cold_code(opts.cold_code, stream);
-  report.cold_code = opts.cold_code;
+  report.cold_code = l2.cold_code();
   report.empty_kernel_us = time_us([&](Stream s) { l2.empty(s); }, stream, l2, opts);
   for (const BenchCase& c : bench_cases()) {
     if (!bench_filter_matches(opts.filter, c.op + " " + c.shape)) continue;

@@ -644,9 +644,12 @@ int cmd_tune(std::span<const std::string_view> argv) {
     g.log_gain += std::log(r.default_us / r.best_us);
   }
   if (json) {
-    ordered_json j = {{"model", model.name},           {"out", out},
-                      {"cold_code", opts.cold_code},       {"seconds", seconds},
-                      {"results", ordered_json::array()}, {"families", ordered_json::object()}};
+    ordered_json j = {{"model", model.name},
+                      {"out", out},
+                      {"cold_code", opts.cold_code},
+                      {"seconds", seconds},
+                      {"results", ordered_json::array()},
+                      {"families", ordered_json::object()}};
     for (const auto& r : results) {
       ordered_json c = ordered_json::array();
       for (const auto& cand : r.candidates)
