@@ -27,6 +27,7 @@ namespace detail {
 std::atomic<int> router_gemm_measure_flags{0};
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 std::atomic<int> router_gemm_bwd_one_measure{0};
+std::atomic<int> router_gemm_dx_ctas{0};
 }  // namespace detail
 
 namespace {
@@ -934,6 +935,24 @@ bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
 
+// The two kernels side by side (variant 4; opt-in, session 24): dw on about half the SMs, in whole T ranges of its
+// tiles (an even count where dw runs in clusters of 2, at most 8), the dx kernel persistent on the rest. The dx kernel
+// starts the dw kernel (PDL) at its entry, so dw takes the SMs dx leaves free at once. Session 24, 8192 × 2048 → 256,
+// one process, 24 rounds call by call: dx on 64 CTAs (the plan gives it 68) beside dw's 4 ranges (64 CTAs) 55.3–55.7 µs against the one
+// launch's 57.3 (faster in 96–100 % of the rounds); dx on 36–52 CTAs 57.6–77.8 (dx alone on 52 CTAs takes 54.9 µs:
+// its rate is per SM). Where one range of dw's tiles takes more than half the SMs, no split (dx_ctas 0: every SM,
+// the plain two kernels).
+detail::RouterGemmSideBySide detail::router_gemm_side_by_side_plan(int64_t K, int64_t E, int sms, int dw_cluster) {
+  RouterGemmSideBySide p;
+  const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256);
+  int64_t r = std::clamp<int64_t>(sms / 2 / tiles, 1, 8);
+  if (dw_cluster > 1 && r > 1) r -= r % dw_cluster;  // whole clusters
+  if (2 * tiles * r > sms) return p;  // one range of dw's tiles takes more than half the SMs: no split
+  p.dw_sms = static_cast<int>(tiles * r);
+  p.dx_ctas = sms - p.dw_sms;
+  return p;
+}
+
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                              const RouterGemmBwdOptions& options) {
   auto& impl = rt.impl();
@@ -971,13 +990,15 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   const Arch arch = impl.target_arch();
   const bool by_default = variant < 0;
   if (variant < 0) variant = default_bwd_variant(arch, E);
-  if (variant != 0 && (variant < 2 || variant > 3))  // (1: the cp.async wgmma kernels, removed in session 7)
-    ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA) or 3 (TMA, one launch), got {}", variant));
+  if (variant != 0 && (variant < 2 || variant > 4))  // (1: the cp.async wgmma kernels, removed in session 7)
+    ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA), 3 (TMA, one launch) or 4 (TMA, side by side), "
+                                      "got {}",
+                                      variant));
   if (variant >= 2 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (precision < 0 || precision > 4)
     ck.invalid("precision", fmt::format("expected RouterGemmPrecision::tf32 or ::high, got {}", precision));
-  if (variant >= 3 && precision != 4)
+  if (variant == 3 && precision != 4)
     ck.invalid("variant", fmt::format("the one-launch backward (variant {}) computes precision standard only, got {}",
                                       variant, precision));
   if (variant >= 2) {
@@ -997,14 +1018,16 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     Specialization sdw, sone;
     DwTmaPlan plan;
     const bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
-    if (dx.defined() && dw.defined() && (variant >= 3 || one_default)) {
+    if (dx.defined() && dw.defined() && (variant == 3 || one_default)) {
       sone = pick(rt, ck, spec(arch, kBwdTma, K, E), T, force_dx ? force_dx : force_dw);
       plan = dw_tma_plan(sone, T, sm_count(rt));
-      one = variant >= 3 || one_launch_fits(T, K, E, plan);
+      one = variant == 3 || one_launch_fits(T, K, E, plan);
     }
+    RouterGemmSideBySide sbs;  // (variant 4 with dx and dw: dx's CTAs capped, dw's ranges from the SMs left)
     if (!one && dw.defined()) {
       sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
-      plan = dw_tma_plan(sdw, T, sm_count(rt));
+      if (variant == 4 && dx.defined()) sbs = router_gemm_side_by_side_plan(K, E, sm_count(rt), sdw.config[C_WM]);
+      plan = dw_tma_plan(sdw, T, sbs.dx_ctas > 0 ? sbs.dw_sms : sm_count(rt));
     }
     const int64_t part_elems = dw.defined() ? plan.workspace_elems : 0;
     const int64_t need = part_elems + (f16_dx ? w16_elems(K, E) : 0);
@@ -1056,7 +1079,10 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       const int cm = s.config[C_WN];
       const RouterGemmDxTmaArgs& a = ax;
       const int64_t groups = (a.tiles + cm - 1) / cm;
-      const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
+      const int hook = router_gemm_dx_ctas.load(std::memory_order_relaxed);  // (measurement; 0: every SM)
+      const int cap = hook > 0 ? hook : sbs.dx_ctas;
+      const int sms = cap > 0 ? std::min(cap, sm_count(rt)) : sm_count(rt);
+      const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(clusters * cm);
       d.cluster[0] = static_cast<unsigned>(cm);
@@ -1317,6 +1343,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   else if (strip_suffix(part, "_nofence")) flags |= kRgSkipCopyFence;
   int variant = -1;
   if (strip_suffix(part, "_one")) variant = 3;  // the backward in one launch (dw role, then dx role)
+  else if (strip_suffix(part, "_sbs")) variant = 4;  // the backward's two kernels side by side (session 24)
   else if (strip_suffix(part, "_tmaxmc")) variant = 5;     // the TMA forward over expert pairs (x multicast)
   else if (strip_suffix(part, "_tmaks")) variant = 3;  // the TMA forward with K split over a cluster
   else if (strip_suffix(part, "_tma")) variant = 2;

@@ -20,6 +20,8 @@ using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
 // variant: -1 the default for the arch, 0 the mma.sync kernel, 1 the sm_90a wgmma kernel.
 void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
                                  int variant, const RouterGemmConfig* force, Stream stream);
+// variant (backward): -1 the default, 0 the mma.sync kernels, 2 the TMA dx and dw kernels, 3 the one-launch TMA
+// kernel, 4 the TMA dx and dw kernels side by side (router_gemm_side_by_side_plan).
 // precision (the TMA backward; the other kernels always split g into hi + lo): 0 = tf32 (one fp16 pass with
 // power-of-two scales), 1 = high (hi + lo), 2 = bf16(g) alone (measurement only: 8 significant bits of g), 4 = standard
 // (dx from bf16(g), dw from hi + lo: the default).
@@ -37,6 +39,18 @@ extern std::atomic<unsigned long long*> router_gemm_trace;
 
 // Measurement hook (GPU tests only): kRgOne* switches of the one-launch backward. 0 in normal use.
 extern std::atomic<int> router_gemm_bwd_one_measure;
+
+// Measurement hook (GPU tests only): the most CTAs the TMA backward's standalone dx kernel takes (its grid is
+// persistent). The dw kernel, launched behind it with PDL, then starts at once on the SMs left over: dx and dw side by
+// side (session 24). 0 in normal use: every SM.
+extern std::atomic<int> router_gemm_dx_ctas;
+
+// The backward's two kernels side by side (variant 4): dw's CTAs (whole T ranges of its tiles) and the dx kernel's CTA
+// cap, for K × E on `sms` SMs with dw in clusters of `dw_cluster`. dx_ctas 0: no split (dw's tiles fill the GPU).
+struct RouterGemmSideBySide {
+  int dw_sms = 0, dx_ctas = 0;
+};
+RouterGemmSideBySide router_gemm_side_by_side_plan(int64_t K, int64_t E, int sms, int dw_cluster);
 
 // A prepared router GEMM at T × K → E (bench cases and the family's tune instances): `part` is "fwd", "bwd" (dx + dw),
 // "dx" or "dw", with the suffixes ops/router_gemm.cpp lists; `force` a tile config (null: the default).

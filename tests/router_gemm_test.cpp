@@ -9,6 +9,7 @@
 #include <set>
 
 #include "kiln/ops/router_gemm.hpp"
+#include "ops/router_gemm_internal.hpp"
 #include "reference/router_gemm.hpp"
 #include "runtime/family.hpp"
 #include "runtime/registry.hpp"
@@ -200,6 +201,40 @@ TEST(RouterGemmFamily, SearchSpacesHoldTheDefaultAndFit) {
           if (s.kernel >= 4) EXPECT_EQ(std::string(arch), "sm_90a");
         }
       }
+  }
+}
+
+// The backward's side-by-side plan (variant 4): dw in whole T ranges of its 128 × 256 tiles on about half the SMs (an
+// even count of ranges for clusters of 2, at most 8), dx on the rest; no split where one range of dw's tiles takes
+// more than half the SMs.
+TEST(RouterGemmSideBySide, PlanSplitsTheSmsInWholeRanges) {
+  using detail::router_gemm_side_by_side_plan;
+  struct Case {
+    int64_t K, E;
+    int sms, cluster, dw_sms, dx_ctas;
+  };
+  for (const Case& c : {Case{2048, 256, 132, 2, 64, 68},    // 16 tiles × 4 ranges (session 24's fastest split)
+                        Case{2048, 256, 132, 1, 64, 68},    // 66 / 16 = 4 ranges either way
+                        Case{2048, 256, 114, 2, 32, 82},    // 57 / 16 = 3 ranges → 2 (whole clusters)
+                        Case{2048, 256, 114, 1, 48, 66},    // … 3 ranges in clusters of 1
+                        Case{4096, 256, 132, 2, 64, 68},    // 32 tiles × 2
+                        Case{7168, 256, 132, 2, 56, 76},    // 56 tiles: one range
+                        Case{1536, 160, 132, 2, 48, 84},    // 12 tiles: 5 ranges → 4
+                        Case{2048, 64, 132, 1, 64, 68},     // 8 tiles (one expert tile): 8 ranges, the most
+                        Case{2048, 64, 264, 1, 64, 200},    // … still 8 ranges on 264 SMs
+                        Case{8448, 256, 132, 2, 66, 66},    // 66 tiles: half the SMs, one range
+                        Case{8704, 256, 132, 2, 0, 0},      // 68 tiles: more than half, no split
+                        Case{16384, 256, 132, 2, 0, 0}}) {  // 128 tiles
+    SCOPED_TRACE("K=" + std::to_string(c.K) + " E=" + std::to_string(c.E) + " sms=" + std::to_string(c.sms) +
+                 " cluster=" + std::to_string(c.cluster));
+    const detail::RouterGemmSideBySide p = router_gemm_side_by_side_plan(c.K, c.E, c.sms, c.cluster);
+    EXPECT_EQ(p.dw_sms, c.dw_sms);
+    EXPECT_EQ(p.dx_ctas, c.dx_ctas);
+    if (p.dx_ctas > 0) {
+      EXPECT_EQ(p.dw_sms + p.dx_ctas, c.sms);
+      const int64_t tiles = ((c.E + 127) / 128) * ((c.K + 255) / 256);
+      EXPECT_EQ(p.dw_sms % tiles, 0) << "whole T ranges";
+    }
   }
 }
 
