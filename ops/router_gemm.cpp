@@ -938,10 +938,10 @@ bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
 // The two kernels side by side (variant 4; opt-in, session 24): dw on about half the SMs, in whole T ranges of its
 // tiles (an even count where dw runs in clusters of 2, at most 8), the dx kernel persistent on the rest. The dx kernel
 // starts the dw kernel (PDL) at its entry, so dw takes the SMs dx leaves free at once. Session 24, 8192 × 2048 → 256,
-// one process, 24 rounds call by call: dx on 64 CTAs (the plan gives it 68) beside dw's 4 ranges (64 CTAs) 55.3–55.7 µs against the one
-// launch's 57.3 (faster in 96–100 % of the rounds); dx on 36–52 CTAs 57.6–77.8 (dx alone on 52 CTAs takes 54.9 µs:
-// its rate is per SM). Where one range of dw's tiles takes more than half the SMs, no split (dx_ctas 0: every SM,
-// the plain two kernels).
+// one process, 24 rounds call by call: dx on 64 CTAs (the plan gives it 68) beside dw's 4 ranges (64 CTAs)
+// 55.3–55.7 µs against the one launch's 57.3 (faster in 96–100 % of the rounds); dx on 36–52 CTAs 57.6–77.8 (dx
+// alone on 52 CTAs takes 54.9 µs: its rate is per SM). Where one range of dw's tiles takes more than half the SMs, no
+// split (dx_ctas 0: every SM, the plain two kernels).
 detail::RouterGemmSideBySide detail::router_gemm_side_by_side_plan(int64_t K, int64_t E, int sms, int dw_cluster) {
   RouterGemmSideBySide p;
   const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256);
@@ -1026,7 +1026,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     RouterGemmSideBySide sbs;  // (variant 4 with dx and dw: dx's CTAs capped, dw's ranges from the SMs left)
     if (!one && dw.defined()) {
       sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
-      if (variant == 4 && dx.defined()) sbs = router_gemm_side_by_side_plan(K, E, sm_count(rt), sdw.config[C_WM]);
+      if (variant == 4 && dx.defined())
+        sbs = router_gemm_side_by_side_plan(K, E, sm_count(rt), sdw.config[C_WM]);
       plan = dw_tma_plan(sdw, T, sbs.dx_ctas > 0 ? sbs.dw_sms : sm_count(rt));
     }
     const int64_t part_elems = dw.defined() ? plan.workspace_elems : 0;
