@@ -1989,12 +1989,12 @@ TEST_F(RouterGemmTest, BwdOneLaunchCandidatesEqualTwoKernels) {
 // the dw kernel beside it on whole T ranges of its tiles. dx is the two kernels' bit for bit (the same tiles on fewer
 // CTAs); dw sums other T ranges than the two kernels' default, so it is checked against the fp64 reference. Shapes: the
 // issue's, several dx tiles a CTA with partial expert and column tiles (T = 17000, K = 1536, E = 160), one token,
-// K = 7168 (one range beside dx), a shape past the split (K = 8704: dw's tiles take more than half the SMs, the plain
-// two kernels), E = 64 (clusters of 1); precisions standard, high and tf32; with a caller's workspace.
+// K = 7168 (one range beside dx), E = 64 (clusters of 1); precisions standard, high and tf32; with a caller's
+// workspace. (Where no split applies, variant 4 is variant 2: the plan's CPU test covers where that is.)
 TEST_F(RouterGemmTest, BwdSideBySideEqualsTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (const Shape& sh : {Shape{8192, 2048, 256}, Shape{17000, 1536, 160}, Shape{1, 2048, 256}, Shape{4096, 7168, 256},
-                          Shape{300, 8704, 256}, Shape{3000, 2048, 64}}) {
+                          Shape{3000, 2048, 64}}) {
     const auto [T, K, E] = sh;
     const uint64_t seed = mix_seed({0x5b5, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
     const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
