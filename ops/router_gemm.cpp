@@ -934,6 +934,22 @@ constexpr int kBwdOneOptions = kRgOneWPrefetch;
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
+// ... and as the default only where dx's 64-token tiles also fill ≥ 90 % of its grid: each CTA runs at most one dx
+// tile after its dw role, so with fewer tiles the other CTAs idle through the dx role (session 25, 2048 × 7168 → 256:
+// 32 tiles on 112 CTAs, 85.1 µs against 49.7 for the two kernels).
+bool one_launch_default(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
+  const int64_t grid = ((E + 127) / 128) * ((K + 255) / 256) * p.ranges, tiles = (T + 63) / 64;
+  return tiles <= grid && 10 * tiles >= 9 * grid;
+}
+// The default at precision standard with dx and dw both wanted (sm_90a, E ≤ 256): the two kernels side by side
+// (variant 4, where its plan splits the SMs) wherever dx's 64-token tiles fit its share of the SMs once, or up to
+// this much work (T·K). Session 25 (H100, one process, 16–24 rounds call by call,
+// `RouterGemmTest.BwdSideBySideShapesAB`), side by side against the best other arrangement (µs): 8192 × 2048 → 256
+// 55.3 vs 56.8 (one launch); 6144 × 2048 44.5 vs 50.0; 4096 × 2048 34.2 vs 36.2; 2000 × 2048 24.4 vs 26.5; 1024 ×
+// 2048 19.3 vs 23.0; 4096 × 4096 52.8 vs 65.6; 4096 × 7168 95.5 vs 109.8; 2048 × 7168 49.2 vs 49.7; 4096 × 2048 →
+// 128 23.5 vs 30.1 — but 8192 × 4096 99.1 vs 97.1–97.3, 16384 × 2048 102.5 vs 101.9 (two kernels) and 8192 × 7168
+// 177 vs 161 (session 25's bench processes), where every SM has a dx tile and the other arrangements lose no SM.
+constexpr int64_t kBwdSideBySideMaxWork = int64_t{8192} * 2048;
 
 // The two kernels side by side (variant 4; opt-in, session 24): dw on about half the SMs, in whole T ranges of its
 // tiles (an even count where dw runs in clusters of 2, at most 8), the dx kernel persistent on the rest. The dx kernel
@@ -951,6 +967,20 @@ detail::RouterGemmSideBySide detail::router_gemm_side_by_side_plan(int64_t K, in
   p.dw_sms = static_cast<int>(tiles * r);
   p.dx_ctas = sms - p.dw_sms;
   return p;
+}
+
+// The dx kernel's column parts (session 25): a token tile's 256-column blocks are cut into parts, each a work unit,
+// where the tiles alone leave CTAs idle — the most parts (from `base`, at most one block each, no empty part) whose
+// units still fit the CTAs once. A dx unit's time is set by its w chunks on one SM (session 24: the dx kernel's rate
+// is per SM), so at T = 1024 sixteen 64-token tiles on 16 SMs took as long as 128 tiles on 128.
+int detail::router_gemm_dx_parts(int64_t tiles, int64_t K, int cm, int base, int ctas) {
+  const int64_t nch = (K + 255) / 256, groups = (tiles + cm - 1) / cm;
+  int best = base;
+  for (int64_t p = base + 1; p <= nch && groups * p <= ctas / cm; ++p) {
+    const int64_t per = (nch + p - 1) / p;
+    if (per * (p - 1) < nch) best = static_cast<int>(p);  // (else the last part would be empty)
+  }
+  return best;
 }
 
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E,
@@ -1017,11 +1047,19 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     bool one = false;
     Specialization sdw, sone;
     DwTmaPlan plan;
-    const bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
+    bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
+    if (one_default && dx.defined() && dw.defined()) {  // side by side where it was measured faster (above)
+      const int cl = pick(rt, ck, spec(arch, kDwTma, K, E), T, nullptr).config[C_WM];
+      const RouterGemmSideBySide p = router_gemm_side_by_side_plan(K, E, sm_count(rt), cl);
+      if (p.dx_ctas > 0 && (T * K <= kBwdSideBySideMaxWork || (T + 63) / 64 <= p.dx_ctas)) {
+        variant = 4;
+        one_default = false;
+      }
+    }
     if (dx.defined() && dw.defined() && (variant == 3 || one_default)) {
       sone = pick(rt, ck, spec(arch, kBwdTma, K, E), T, force_dx ? force_dx : force_dw);
       plan = dw_tma_plan(sone, T, sm_count(rt));
-      one = variant == 3 || one_launch_fits(T, K, E, plan);
+      one = variant == 3 || one_launch_default(T, K, E, plan);
     }
     RouterGemmSideBySide sbs;  // (variant 4 with dx and dw: dx's CTAs capped, dw's ranges from the SMs left)
     if (!one && dw.defined()) {
@@ -1071,18 +1109,24 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.dx_stride = dxr.stride;
       a.T = static_cast<int>(T);
       const int tm = sdx.config[C_BM];
-      a.tiles = static_cast<int>((T + tm - 1) / tm * (tm == 128 ? 2 : 1));  // work units
+      a.tiles = static_cast<int>((T + tm - 1) / tm);  // token tiles
+      a.parts = tm == 128 ? 2 : 1;                    // column parts of each (more below, where CTAs would idle)
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
     }
     if (dx.defined() && !one) {
       const Specialization& s = sdx;
       const int cm = s.config[C_WN];
-      const RouterGemmDxTmaArgs& a = ax;
-      const int64_t groups = (a.tiles + cm - 1) / cm;
+      RouterGemmDxTmaArgs& a = ax;
       const int hook = router_gemm_dx_ctas.load(std::memory_order_relaxed);  // (measurement; 0: every SM)
       const int cap = hook > 0 ? hook : sbs.dx_ctas;
       const int sms = cap > 0 ? std::min(cap, sm_count(rt)) : sm_count(rt);
+      // Column parts fill the CTAs dx may take: with the dw kernel behind it and no cap, only the SMs dw's grid
+      // leaves (more parts would hold dw's CTAs back: session 25, 4096 × 2048 → 128, 30.1 µs against 24.3 without).
+      const int dw_ctas = dw.defined() ? static_cast<int>(((E + 127) / 128) * ((K + 255) / 256) * plan.ranges) : 0;
+      const int budget = cap > 0 || !dw.defined() ? sms : std::max(1, sm_count(rt) - dw_ctas);
+      a.parts = router_gemm_dx_parts(a.tiles, K, cm, a.parts, budget);
+      const int64_t groups = (a.tiles + cm - 1) / cm * a.parts;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(clusters * cm);

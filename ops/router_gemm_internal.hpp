@@ -52,6 +52,10 @@ struct RouterGemmSideBySide {
 };
 RouterGemmSideBySide router_gemm_side_by_side_plan(int64_t K, int64_t E, int sms, int dw_cluster);
 
+// The TMA backward's standalone dx kernel: how many column parts each of its `tiles` token tiles is cut into (at
+// least `base`: 2 for 128-token units, else 1) so that its units fill `ctas` CTAs (clusters of cm) in one wave.
+int router_gemm_dx_parts(int64_t tiles, int64_t K, int cm, int base, int ctas);
+
 // A prepared router GEMM at T × K → E (bench cases and the family's tune instances): `part` is "fwd", "bwd" (dx + dw),
 // "dx" or "dw", with the suffixes ops/router_gemm.cpp lists; `force` a tile config (null: the default).
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,

@@ -238,6 +238,38 @@ TEST(RouterGemmSideBySide, PlanSplitsTheSmsInWholeRanges) {
   }
 }
 
+// The dx kernel's column parts: the most (from the base) whose units still fit the CTAs once, at most one 256-column
+// block each and never an empty part; the base where even that does not fit.
+TEST(RouterGemmDxParts, FillTheCtasOnceWithoutEmptyParts) {
+  using detail::router_gemm_dx_parts;
+  struct Case {
+    int64_t tiles, K;
+    int cm, base, ctas, parts;
+  };
+  for (const Case& c : {Case{128, 2048, 1, 1, 132, 1},   // 8192 tokens: the tiles fill the GPU already
+                        Case{128, 2048, 1, 1, 68, 1},    // … more tiles than CTAs: the base
+                        Case{64, 2048, 1, 1, 132, 2},    // 4096 tokens: 128 units
+                        Case{64, 2048, 1, 1, 68, 1},     // … beside dw on 68 CTAs
+                        Case{16, 2048, 1, 1, 132, 8},    // 1024 tokens: one block a unit
+                        Case{16, 2048, 1, 1, 68, 4},
+                        Case{1, 2048, 1, 1, 132, 8},     // one token: every block its own unit
+                        Case{1, 1536, 1, 1, 132, 6},     // K = 1536: 6 blocks
+                        Case{1, 7168, 1, 1, 132, 28},    // 28 blocks
+                        Case{5, 7168, 1, 1, 132, 14},    // 26 parts would leave empty ones (2 blocks a part: 14)
+                        Case{16, 2048, 2, 1, 132, 8},    // clusters of 2: 8 groups × 8 parts
+                        Case{16, 2048, 2, 1, 64, 4},     // … 32 clusters
+                        Case{8, 2048, 1, 2, 132, 8},     // 128-token units: from their two halves
+                        Case{64, 2048, 1, 2, 132, 2},    // … 128 units already
+                        Case{100, 2048, 1, 2, 132, 2}}) {  // … more than the CTAs: the base
+    SCOPED_TRACE("tiles=" + std::to_string(c.tiles) + " K=" + std::to_string(c.K) + " cm=" + std::to_string(c.cm) +
+                 " base=" + std::to_string(c.base) + " ctas=" + std::to_string(c.ctas));
+    const int p = router_gemm_dx_parts(c.tiles, c.K, c.cm, c.base, c.ctas);
+    EXPECT_EQ(p, c.parts);
+    const int64_t nch = (c.K + 255) / 256, per = (nch + p - 1) / p;
+    EXPECT_LT(per * (p - 1), nch) << "an empty part";
+  }
+}
+
 TEST(RouterGemmFamily, InvalidConfigsAreOutsideTheSpace) {
   Specialization s = enumerated(2048, 256, "sm_90a")[0];  // fwd
   Specialization bad = s;

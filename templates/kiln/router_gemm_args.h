@@ -73,7 +73,8 @@ struct RouterGemmDxTmaArgs {
   const float* g; long long g_stride;
   void* dx; long long dx_stride;
   int T;
-  int tiles;                            // ceil(T / 64)
+  int tiles;                            // token tiles: ceil(T / TM)
+  int parts;                            // column parts a token tile is cut into (≥ 1; see DxTile)
   const float* colf;                    // fp16 pass (SPLIT = 2): 2^c_k of w16's columns [K]; else null
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
   unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)

@@ -178,21 +178,34 @@ __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int 
 }
 
 namespace rgt {
-// The dx roles' tiling, shared by the producer and the consumers: units of TM tokens (64: all K columns; 128: half of
-// the 256-column blocks), chunks of 64 experts × BN = 256 columns as 4 N-major atoms of 64 × 64 (PER_CTA of them
-// fetched by each CTA of a multicast cluster of CM), A tile(s) of ceil(E/64) K-major atoms of TM rows.
+// The dx roles' tiling, shared by the producer and the consumers: units of TM tokens × one of a.parts column parts
+// (runs of ceil(NCH / parts) 256-column blocks; the host gives TM = 128 two parts, and more parts than that where the
+// token tiles alone would leave CTAs idle), chunks of 64 experts × BN = 256 columns as 4 N-major atoms of 64 × 64
+// (PER_CTA of them fetched by each CTA of a multicast cluster of CM), A tile(s) of ceil(E/64) K-major atoms of TM
+// rows. Unit groups: group grp takes part grp % parts of the token tiles (grp / parts)·CM + rank, so the CTAs of a
+// multicast cluster always share their columns.
 template <int K, int E, int CM, int SPLIT, int TM>
 struct DxTile {
   static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
-  static constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
+  static constexpr int BM = TM, BN = 256, ATOM = 64 * 128;
   static constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
-  static constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
+  static constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN;
   static constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (SPLIT == 1 ? 2 : 1) * A_TILE;
   static constexpr int STAGE = 4 * ATOM, PER_CTA = 4 / CM;
   static constexpr bool F16 = SPLIT == 2;
 };
+// Unit group grp of the dx role → its first token row m0 and its column blocks [nb0, nb1) (see DxTile).
+struct DxUnit {
+  int m0, nb0, nb1;
+};
+template <int NCH, int BM, int CM>
+__device__ __forceinline__ DxUnit dx_unit(int grp, u32 rank, int parts) {
+  const int part = grp % parts, per = (NCH + parts - 1) / parts;
+  const int nb0 = part * per;
+  return {((grp / parts) * CM + static_cast<int>(rank)) * BM, nb0, nb0 + per < NCH ? nb0 + per : NCH};
+}
 // The dx consumers' g rows → A tile (bf16(g), hi + lo): 8-column units (16 bytes of bf16) u = it·256 + ct, converted
 // in batches of up to 8 (16 float4 loads a thread in flight).
 template <int E, int TM>
@@ -263,14 +276,13 @@ __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTma
                                                            int cluster, int clusters, u64* trace, u64 t0_ns,
                                                            u64 t0_clk, int& s, u32& phase) {
   using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
-  const int groups = (a.tiles + CM - 1) / CM;
+  const int groups = (a.tiles + CM - 1) / CM * a.parts;
   prefetch_tmap(&a.tmw);
   if constexpr (D::F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
   u64 first_clk = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
-    const int half = (grp * CM + static_cast<int>(rank)) % D::HALVES;
-    const int nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
-    for (int c = nb0 * D::EC; c < nb1 * D::EC; ++c) {
+    const rgt::DxUnit u = rgt::dx_unit<D::NCH, D::BM, CM>(grp, rank, a.parts);
+    for (int c = u.nb0 * D::EC; c < u.nb1 * D::EC; ++c) {
       if (trace && first_clk == 0) first_clk = rgt::clk();
       const int n = c / D::EC, ec = c - n * D::EC;
       mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
@@ -319,16 +331,15 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
   const u32 ring = base + D::A_BYTES;
   const u32 rowf = bars + 16 * STAGES;  // F16: 2^s_t of the unit's TM rows (fp32)
   const int tid = threadIdx.x, wg = tid / 128;
-  const int groups = (a.tiles + CM - 1) / CM;
+  const int groups = (a.tiles + CM - 1) / CM * a.parts;
   const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
   u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
   u64* const tb = tw && clusters * CM <= 512 ? trace + kRgTraceDxBlocks : nullptr;  // (measurement: per block)
   int s = 0;
   u32 phase = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
-    const int unit = grp * CM + static_cast<int>(rank), half = unit % D::HALVES;
-    const int m0 = (unit / D::HALVES) * D::BM;
-    const int nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
+    const rgt::DxUnit u = rgt::dx_unit<D::NCH, D::BM, CM>(grp, rank, a.parts);
+    const int m0 = u.m0, nb0 = u.nb0, nb1 = u.nb1;
     // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
     rgt::bar_sync_consumers();
     constexpr int ITERS = rgt::DxGBatch<E, TM>::ITERS;  // 8-column units
@@ -510,9 +521,9 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
 // dx tensor map's 64 × 64 boxes) and out by 2 TMA stores (rows past T and columns past K are clipped by the copy
 // engine); else 4-byte stores straight from the accumulators. Chunks stream in the order (column block n of 256,
 // expert chunk); consumer j takes columns [128·j, 128·j + 128) of every block, so both read every stage.
-// TM = 128 (no multicast): a work unit is 128 tokens × one half of the 256-column blocks; consumer j takes token rows
-// [64·j, 64·j + 64) and all 256 columns of each chunk (m64n256), so each w chunk that lands serves 128 tokens: about
-// 40 % fewer bytes into each SM than TM = 64 (the g rows are read by both halves' units).
+// TM = 128 (no multicast): a work unit is 128 tokens × one part (of two or more) of the 256-column blocks; consumer
+// j takes token rows [64·j, 64·j + 64) and all 256 columns of each chunk (m64n256), so each w chunk that lands serves
+// 128 tokens: about 40 % fewer bytes into each SM than TM = 64 (the g rows are read by every part's unit).
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM = 64>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)

@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -1950,6 +1951,7 @@ void OneLaunchChecks::equals_two_kernels(const std::vector<std::pair<int, int>>&
     const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
     const BwdRef want(g, x, w, T, K, E);
     const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
+    std::optional<Bwd> sbs;  // (the op's default where it runs the two kernels side by side: fewer T ranges)
     for (auto [variant, om] : runs) {
       if (variant < 0 && c.cfg[0]) continue;
       SCOPED_TRACE("variant " + std::to_string(variant) + " measure " + std::to_string(om) + " T=" +
@@ -1967,7 +1969,12 @@ void OneLaunchChecks::equals_two_kernels(const std::vector<std::pair<int, int>>&
         continue;
       }
       EXPECT_TRUE(bitwise_equal("dx (one launch vs two kernels)", one.dx, two.dx));
-      EXPECT_TRUE(bitwise_equal("dw (one launch vs two kernels)", one.dw, two.dw));
+      if (variant < 0 && one.dw != two.dw) {  // the default: one launch, two kernels or side by side, bit for bit
+        if (!sbs) sbs = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/4, /*precision=*/4);
+        EXPECT_TRUE(bitwise_equal("dw (the default vs side by side)", one.dw, sbs->dw));
+      } else {
+        EXPECT_TRUE(bitwise_equal("dw (one launch vs two kernels)", one.dw, two.dw));
+      }
       EXPECT_TRUE(want.check_dx(one.dx, 4));
       EXPECT_TRUE(want.check_dw(one.dw, 4));
     }
@@ -2010,6 +2017,42 @@ TEST_F(RouterGemmTest, BwdSideBySideEqualsTwoKernels) {
       EXPECT_TRUE(bitwise_equal("dx (side by side vs two kernels)", sbs.dx, two.dx));
       EXPECT_TRUE(want.check_dx(sbs.dx, precision));
       EXPECT_TRUE(want.check_dw(sbs.dw, precision));
+    }
+  }
+}
+
+// The dx kernel's column parts (session 25: a token tile cut into parts of its 256-column blocks where the tiles alone
+// leave CTAs idle): dx alone (every SM: the most parts) equals the one launch's dx (one part a tile) bit for bit, and
+// every dx config — clusters of 2 and 4 sharing w, 128-token units — and precision is within its bound of fp64, at
+// token counts that give 1 … 28 parts (T = 1: every block its own unit; K = 7168: 28 blocks; K = 1536, E = 160).
+TEST_F(RouterGemmTest, BwdDxColumnParts) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C cm2{64, 256, 64, 2, 2, 5}, cm4{64, 256, 64, 2, 4, 5}, tm128{128, 256, 64, 2, 1, 3};
+  for (const Shape& sh : {Shape{1, 2048, 256}, Shape{64, 2048, 256}, Shape{777, 2048, 256}, Shape{1000, 7168, 256},
+                          Shape{300, 1536, 160}, Shape{2500, 2048, 64}}) {
+    const auto [T, K, E] = sh;
+    SCOPED_TRACE("T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+    const uint64_t seed = mix_seed({0xc07, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
+    const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
+    const BwdRef want(g, x, w, T, K, E);
+    const Bwd one = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/3, /*precision=*/4);
+    const Bwd dx = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
+    EXPECT_TRUE(dx.guards_ok) << "written outside dx";
+    EXPECT_TRUE(bitwise_equal("dx (column parts vs the one launch's tiles)", dx.dx, one.dx));
+    EXPECT_TRUE(want.check_dx(dx.dx, 4));
+    for (const C* c : {&cm2, &cm4, &tm128}) {
+      SCOPED_TRACE(fmt_config(*c));
+      const Bwd b = run_bwd(g, x, w, T, K, E, true, false, c, nullptr, false, 2, 4);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(bitwise_equal("dx (a config's parts vs the one launch's tiles)", b.dx, one.dx));
+    }
+    for (int precision : {1, 0}) {
+      SCOPED_TRACE("precision " + std::to_string(precision));
+      const Bwd b = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, 2, precision);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(want.check_dx(b.dx, precision));
     }
   }
 }
@@ -2332,8 +2375,74 @@ TEST_F(RouterGemmTest, BwdSideBySideAB) {
                     {"one launch (op default) again", -1, 0, 0, true, true, true}});
 }
 
+// Measurement (prints; checks bits): the backward at precision standard by the one launch (variant 3), the two
+// kernels one after the other (variant 2) and side by side (variant 4), at each shape of $KILN_RG_SBS_SHAPES
+// ("TxKxE,…"; skipped when unset), $KILN_RG_AB_ROUNDS rounds (default 24) in alternating order, L2 flushed before
+// every call. Per shape: the medians and each arm paired against the one launch; dx must be equal bit for bit in
+// every arm and dw within 1e-5 relative L2 (other T ranges: another summation order) of the one launch's.
+TEST_F(RouterGemmTest, BwdSideBySideShapesAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const char* env = std::getenv("KILN_RG_SBS_SHAPES");
+  if (!env || !*env) GTEST_SKIP() << "no $KILN_RG_SBS_SHAPES";
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  const int rounds = ab_rounds();
+  for (const std::string& part : split_on(env, ',')) {
+    int64_t T = 0, K = 0, E = 0;
+    ASSERT_EQ(std::sscanf(part.c_str(), "%ldx%ldx%ld", &T, &K, &E), 3) << "expected TxKxE, got " << part;
+    SCOPED_TRACE(part);
+    const int64_t ws_elems = std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(r, T, K, E), 16 * E * K);
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0x5c1, static_cast<uint64_t>(T)}), mix_seed({0x5c2}));
+    DeviceBuffer gb = upload(r, DType::f32, randn(T * E, mix_seed({0x5c3}), 1e-4f));
+    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
+    DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4), wsb(r, ws_elems * 4);
+    const int variants[] = {3, 2, 4};
+    const char* names[] = {"one launch", "two kernels", "side by side"};
+    auto call = [&](int v) {
+      detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
+                                          wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
+                                          dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), v, 4, nullptr,
+                                          nullptr, nullptr);
+    };
+    std::vector<std::vector<uint16_t>> dx(3);
+    std::vector<std::vector<float>> dw(3);
+    for (int k = 0; k < 3; ++k) {  // compiles outside the timing; the outputs to compare
+      dxb.fill(0);
+      dwb.fill(0);
+      call(variants[k]);
+      synchronize();
+      dx[k] = dxb.download<uint16_t>(T * K);
+      dw[k] = dwb.download<float>(E * K);
+    }
+    std::vector<std::vector<double>> us(3);
+    for (int i = 0; i < rounds; ++i)
+      for (int k = 0; k < 3; ++k) {
+        const int j = i % 2 == 0 ? k : 2 - k;
+        us[j].push_back(timed_once(l2, [&] { call(variants[j]); }));
+      }
+    for (int k = 0; k < 3; ++k) {
+      std::vector<double> v = us[k];
+      std::sort(v.begin(), v.end());
+      const PairedDiff pd = paired_diff(us[0], us[k]);
+      std::printf("[bwd sbs] %-20s %-14s median %.2f p10 %.2f p90 %.2f | vs one launch %+.2f (faster in %.0f %%)\n",
+                  part.c_str(), names[k], detail::median(v), v[v.size() / 10], v[v.size() * 9 / 10],
+                  detail::median(pd.d), 100.0 * pd.wins / pd.d.size());
+      std::fflush(stdout);
+      EXPECT_TRUE(dx[k] == dx[0]) << names[k] << ": dx differs from the one launch's";
+      double num = 0, den = 0;
+      for (size_t i = 0; i < dw[0].size(); ++i) {
+        const double d = static_cast<double>(dw[k][i]) - dw[0][i];
+        num += d * d;
+        den += static_cast<double>(dw[0][i]) * dw[0][i];
+      }
+      EXPECT_LE(std::sqrt(num / std::max(den, 1e-300)), 1e-5) << names[k] << ": dw against the one launch's";
+    }
+  }
+}
+
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
-// bf16(g) dx and the `high` dw, within their bounds; with the advertised workspace.
+// bf16(g) dx and the `high` dw, within their bounds; with the advertised workspace. (At 4096 × 2048 → 256 the default
+// runs dx and dw side by side: `high` is run the same way, so that dw has the same T ranges.)
 TEST_F(RouterGemmTest, BwdTmaStandardIsTheDefault) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 4096, K = 2048, E = 256;
@@ -2341,7 +2450,7 @@ TEST_F(RouterGemmTest, BwdTmaStandardIsTheDefault) {
   const std::vector<float> g = randn(T * E, mix_seed({0xea}), 1e-4f);
   const Bwd d = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, -1, /*precision=*/4);
   const Bwd lo = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, 2, /*precision=*/2);
-  const Bwd hi = run_bwd(g, x, w, T, K, E, false, true, nullptr, nullptr, false, 2, /*precision=*/1);
+  const Bwd hi = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 4, /*precision=*/1);
   EXPECT_TRUE(d.guards_ok);
   EXPECT_TRUE(bitwise_equal("dx (standard vs bf16(g))", d.dx, lo.dx));
   EXPECT_TRUE(bitwise_equal("dw (standard vs high)", d.dw, hi.dw));
