@@ -951,8 +951,9 @@ bool one_launch_default(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
 // 177 vs 161 (session 25's bench processes), where every SM has a dx tile and the other arrangements lose no SM.
 constexpr int64_t kBwdSideBySideMaxWork = int64_t{8192} * 2048;
 
-// The two kernels side by side (variant 4; opt-in, session 24): dw on about half the SMs, in whole T ranges of its
-// tiles (an even count where dw runs in clusters of 2, at most 8), the dx kernel persistent on the rest. The dx kernel
+// The two kernels side by side (variant 4, session 24; the default at precision standard where it was measured faster:
+// above): dw on about half the SMs, in whole T ranges of its tiles (an even count where dw runs in clusters of 2, at
+// most 8), the dx kernel persistent on the rest. The dx kernel
 // starts the dw kernel (PDL) at its entry, so dw takes the SMs dx leaves free at once. Session 24, 8192 × 2048 → 256,
 // one process, 24 rounds call by call: dx on 64 CTAs (the plan gives it 68) beside dw's 4 ranges (64 CTAs)
 // 55.3–55.7 µs against the one launch's 57.3 (faster in 96–100 % of the rounds); dx on 36–52 CTAs 57.6–77.8 (dx

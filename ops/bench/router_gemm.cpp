@@ -182,8 +182,9 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     for (const char* part : {"bwd_one", "bwd_one_sepred", "bwd_one_endred", "bwd_one_nogpf", "bwd_one_noef"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T=8192 K={} E=256 default", K),
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
-  // Session 24: the two kernels side by side (variant 4, opt-in: dx on fewer CTAs, dw beside it on whole T ranges;
-  // router_gemm_side_by_side_plan), against the one launch above and the two kernels (router_gemm_sweep_bwd_tma).
+  // Session 24: the two kernels side by side (variant 4, the op's default at K = 2048 since session 25: dx on fewer
+  // CTAs, dw beside it on whole T ranges; router_gemm_side_by_side_plan), against the one launch above and the two
+  // kernels (router_gemm_sweep_bwd_tma).
   for (int64_t K : {2048, 7168})
     cases.push_back({"router_gemm_sweep_bwd_sbs", fmt::format("T=8192 K={} E=256 default", K),
                      [K](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, "bwd_sbs"); }});
