@@ -934,22 +934,36 @@ constexpr int kBwdOneOptions = kRgOneWPrefetch;
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
-// ... and as the default only where dx's 64-token tiles also fill ≥ 90 % of its grid: each CTA runs at most one dx
-// tile after its dw role, so with fewer tiles the other CTAs idle through the dx role (session 25, 2048 × 7168 → 256:
-// 32 tiles on 112 CTAs, 85.1 µs against 49.7 for the two kernels).
+// ... and as the default only where dx's 64-token tiles also fill ≥ 70 % of its grid: each CTA runs at most one dx
+// tile after its dw role, so with fewer tiles the other CTAs idle through the dx role. Session 25 (H100, one
+// process, 12–24 rounds call by call, `RouterGemmTest.BwdSideBySideShapesAB`), one launch against the two kernels by
+// the tiles' share of the grid: 29 % (2048 × 7168 → 256) 85.1 vs 49.7 µs, 50 % (4096 × 4096) 73.1 vs 65.6, 57 %
+// (4096 × 7168) 110.0 vs 109.8, 71 % (5120 × 7168) 122.1 vs 126.3, 75 % (6144 × 4096) 85.4 vs 85.4, 86 % (6144 ×
+// 7168) 131.3 vs 137.5, 88 % (7168 × 4096) 91.6 vs 91.6, 100 % (7168 × 7168) 144.6 vs 149.0, (8192 × 4096) 97.3 vs
+// 97.1.
 bool one_launch_default(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   const int64_t grid = ((E + 127) / 128) * ((K + 255) / 256) * p.ranges, tiles = (T + 63) / 64;
-  return tiles <= grid && 10 * tiles >= 9 * grid;
+  return tiles <= grid && 10 * tiles >= 7 * grid;
 }
 // The default at precision standard with dx and dw both wanted (sm_90a, E ≤ 256): the two kernels side by side
-// (variant 4, where its plan splits the SMs) wherever dx's 64-token tiles fit its share of the SMs once, or up to
-// this much work (T·K). Session 25 (H100, one process, 16–24 rounds call by call,
-// `RouterGemmTest.BwdSideBySideShapesAB`), side by side against the best other arrangement (µs): 8192 × 2048 → 256
-// 55.3 vs 56.8 (one launch); 6144 × 2048 44.5 vs 50.0; 4096 × 2048 34.2 vs 36.2; 2000 × 2048 24.4 vs 26.5; 1024 ×
-// 2048 19.3 vs 23.0; 4096 × 4096 52.8 vs 65.6; 4096 × 7168 95.5 vs 109.8; 2048 × 7168 49.2 vs 49.7; 4096 × 2048 →
-// 128 23.5 vs 30.1 — but 8192 × 4096 99.1 vs 97.1–97.3, 16384 × 2048 102.5 vs 101.9 (two kernels) and 8192 × 7168
-// 177 vs 161 (session 25's bench processes), where every SM has a dx tile and the other arrangements lose no SM.
-constexpr int64_t kBwdSideBySideMaxWork = int64_t{8192} * 2048;
+// (variant 4, where its plan splits the SMs) up to T + K/2 = 9216 tokens on 132 SMs (in proportion to the SMs
+// elsewhere) — a line through session 25's crossovers at K = 2048 … 7168 (one process, 12–24 rounds call by call,
+// `RouterGemmTest.BwdSideBySideShapesAB`; side by side against the best other arrangement, µs):
+//   wins:   8192 × 2048 → 256 55.3 vs 56.8 (one launch); 6144 × 2048 44.5 vs 50.0; 4096 × 2048 34.2 vs 36.2;
+//           1024 × 2048 19.3 vs 23.0; 4096 × 2048 → 128 23.5 vs 30.1; 4096 × 4096 52.8 vs 65.6; 6144 × 4096 75.2 vs
+//           85.4; 7168 × 4096 87.1 vs 91.6; 2048 × 7168 49.2 vs 49.7; 4096 × 7168 95.5 vs 109.8; 5120 × 7168 116.5 vs
+//           122.1;
+//   losses: 8192 × 4096 99.1 vs 97.1; 6144 × 7168 134.7 vs 131.3; 7168 × 7168 155.5 vs 144.6; 16384 × 2048 102.5
+//           vs 101.9; 8192 × 7168 177 vs 161 (bench processes).
+// Where every SM has a dx tile, the other arrangements lose no SM, and side by side is bound by dw on half of them.
+// Past the line too where dw's own grid is no larger than its side-by-side share (E ≤ 128: 8 tiles × 8 ranges = 64
+// CTAs at K = 2048): there side by side costs dw nothing. Session 25, K = 2048, E = 128, 12 rounds: 8192 tokens 36.7 µs
+// against 49.1 (two kernels) and 61.9 (one launch); 16384 tokens 64.3 against 86.1 and 103.7.
+bool detail::router_gemm_side_by_side_default(int64_t T, int64_t K, int sms, int dw_own_ctas,
+                                              const RouterGemmSideBySide& p) {
+  if (p.dx_ctas <= 0) return false;
+  return dw_own_ctas <= p.dw_sms || (T + K / 2) * 132 <= int64_t{9216} * sms;
+}
 
 // The two kernels side by side (variant 4, session 24; the default at precision standard where it was measured faster:
 // above): dw on about half the SMs, in whole T ranges of its tiles (an even count where dw runs in clusters of 2, at
@@ -1050,9 +1064,10 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     DwTmaPlan plan;
     bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
     if (one_default && dx.defined() && dw.defined()) {  // side by side where it was measured faster (above)
-      const int cl = pick(rt, ck, spec(arch, kDwTma, K, E), T, nullptr).config[C_WM];
-      const RouterGemmSideBySide p = router_gemm_side_by_side_plan(K, E, sm_count(rt), cl);
-      if (p.dx_ctas > 0 && (T * K <= kBwdSideBySideMaxWork || (T + 63) / 64 <= p.dx_ctas)) {
+      const Specialization sd = pick(rt, ck, spec(arch, kDwTma, K, E), T, nullptr);
+      const RouterGemmSideBySide p = router_gemm_side_by_side_plan(K, E, sm_count(rt), sd.config[C_WM]);
+      const int own = static_cast<int>(((E + 127) / 128) * ((K + 255) / 256) * dw_tma_plan(sd, T, sm_count(rt)).ranges);
+      if (router_gemm_side_by_side_default(T, K, sm_count(rt), own, p)) {
         variant = 4;
         one_default = false;
       }

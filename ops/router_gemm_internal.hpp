@@ -51,6 +51,9 @@ struct RouterGemmSideBySide {
   int dw_sms = 0, dx_ctas = 0;
 };
 RouterGemmSideBySide router_gemm_side_by_side_plan(int64_t K, int64_t E, int sms, int dw_cluster);
+// Whether the backward's default at precision standard (dx and dw both wanted) runs side by side with plan `p`: T
+// tokens, K columns, `sms` SMs, `dw_own_ctas` the dw kernel's grid on its own (ops/router_gemm.cpp: the measurements).
+bool router_gemm_side_by_side_default(int64_t T, int64_t K, int sms, int dw_own_ctas, const RouterGemmSideBySide& p);
 
 // The TMA backward's standalone dx kernel: how many column parts each of its `tiles` token tiles is cut into (at
 // least `base`: 2 for 128-token units, else 1) so that its units fill `ctas` CTAs (clusters of cm) in one wave.

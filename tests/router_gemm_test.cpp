@@ -238,6 +238,36 @@ TEST(RouterGemmSideBySide, PlanSplitsTheSmsInWholeRanges) {
   }
 }
 
+// The backward's default arrangement at precision standard: side by side up to T + K/2 = 9216 on 132 SMs (scaled by
+// the SM count), and at any T where dw's own grid fits its side-by-side share; never where the plan does not split.
+TEST(RouterGemmSideBySide, DefaultFollowsTheMeasuredCrossovers) {
+  using detail::router_gemm_side_by_side_default;
+  using detail::router_gemm_side_by_side_plan;
+  struct Case {
+    int64_t T, K, E;
+    int sms, cluster, own;  // own: the dw kernel's grid alone
+    bool sbs;
+  };
+  for (const Case& c : {Case{8192, 2048, 256, 132, 2, 128, true},     // on the line: 55.3 vs 56.8 µs
+                        Case{8193, 2048, 256, 132, 2, 128, false},    // past it
+                        Case{16384, 2048, 256, 132, 2, 128, false},   // 102.5 vs 101.9
+                        Case{1024, 2048, 256, 132, 2, 128, true},     // 19.3 vs 23.0
+                        Case{7168, 4096, 256, 132, 2, 128, true},     // on the line: 87.1 vs 91.6
+                        Case{8192, 4096, 256, 132, 2, 128, false},    // 99.1 vs 97.1
+                        Case{5120, 7168, 256, 132, 2, 112, true},     // 116.5 vs 122.1
+                        Case{6144, 7168, 256, 132, 2, 112, false},    // 134.7 vs 131.3
+                        Case{6912, 2048, 256, 114, 2, 112, true},     // fewer SMs: T + K/2 ≤ 7959
+                        Case{7168, 2048, 256, 114, 2, 112, false},
+                        Case{16384, 2048, 128, 132, 1, 64, true},     // dw's own grid = its share: 64.3 vs 86.1
+                        Case{65536, 2048, 128, 132, 1, 64, true},
+                        Case{1024, 16384, 256, 132, 2, 128, false}}) {  // 128 dw tiles: no split
+    SCOPED_TRACE("T=" + std::to_string(c.T) + " K=" + std::to_string(c.K) + " E=" + std::to_string(c.E) +
+                 " sms=" + std::to_string(c.sms));
+    const detail::RouterGemmSideBySide p = router_gemm_side_by_side_plan(c.K, c.E, c.sms, c.cluster);
+    EXPECT_EQ(router_gemm_side_by_side_default(c.T, c.K, c.sms, c.own, p), c.sbs);
+  }
+}
+
 // The dx kernel's column parts: the most (from the base) whose units still fit the CTAs once, at most one 256-column
 // block each and never an empty part; the base where even that does not fit.
 TEST(RouterGemmDxParts, FillTheCtasOnceWithoutEmptyParts) {

@@ -2380,7 +2380,7 @@ TEST_F(RouterGemmTest, BwdSideBySideAB) {
 // kernels one after the other (variant 2) and side by side (variant 4), at each shape of $KILN_RG_SBS_SHAPES
 // ("TxKxE,…"; skipped when unset), $KILN_RG_AB_ROUNDS rounds (default 24) in alternating order, L2 flushed before
 // every call. Per shape: the medians and each arm paired against the one launch; dx must be equal bit for bit in
-// every arm and dw within 1e-5 relative L2 (other T ranges: another summation order) of the one launch's.
+// every arm and dw within 4·√T·2⁻²⁴ relative L2 (other T ranges: another summation order) of the one launch's.
 TEST_F(RouterGemmTest, BwdSideBySideShapesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const char* env = std::getenv("KILN_RG_SBS_SHAPES");
@@ -2436,7 +2436,10 @@ TEST_F(RouterGemmTest, BwdSideBySideShapesAB) {
         num += d * d;
         den += static_cast<double>(dw[0][i]) * dw[0][i];
       }
-      EXPECT_LE(std::sqrt(num / std::max(den, 1e-300)), 1e-5) << names[k] << ": dw against the one launch's";
+      // (dw's fp32 sums over T in another order — other T ranges: ≈ √T·2⁻²⁴ apart; 1.0e-5 measured at T = 7168
+      // with one range against two)
+      EXPECT_LE(std::sqrt(num / std::max(den, 1e-300)), 4 * std::sqrt(static_cast<double>(T)) * 0x1p-24)
+          << names[k] << ": dw against the one launch's";
     }
   }
 }
