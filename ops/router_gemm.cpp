@@ -28,6 +28,7 @@ std::atomic<int> router_gemm_measure_flags{0};
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 std::atomic<int> router_gemm_bwd_one_measure{0};
 std::atomic<int> router_gemm_dx_ctas{0};
+std::atomic<int> router_gemm_dx_parts_force{0};
 }  // namespace detail
 
 namespace {
@@ -1142,6 +1143,14 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       const int dw_ctas = dw.defined() ? static_cast<int>(((E + 127) / 128) * ((K + 255) / 256) * plan.ranges) : 0;
       const int budget = cap > 0 || !dw.defined() ? sms : std::max(1, sm_count(rt) - dw_ctas);
       a.parts = router_gemm_dx_parts(a.tiles, K, cm, a.parts, budget);
+      if (const int fp = router_gemm_dx_parts_force.load(std::memory_order_relaxed); fp > 0) {  // (measurement)
+        const int64_t nch = (K + 255) / 256, per = (nch + fp - 1) / fp;
+        if (fp > nch || per * (fp - 1) >= nch)
+          ck.invalid("parts", fmt::format("a forced dx column split must give every part a block: {} parts of {} "
+                                          "blocks",
+                                          fp, nch));
+        a.parts = fp;
+      }
       const int64_t groups = (a.tiles + cm - 1) / cm * a.parts;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
       LaunchDims d;

@@ -45,6 +45,11 @@ extern std::atomic<int> router_gemm_bwd_one_measure;
 // side (session 24). 0 in normal use: every SM.
 extern std::atomic<int> router_gemm_dx_ctas;
 
+// Measurement hook (GPU tests only): the column parts of the standalone dx kernel's token tiles, instead of
+// router_gemm_dx_parts's choice (session 25: more parts than fit the CTAs once, to even out the CTAs' work beside dw).
+// 0 in normal use.
+extern std::atomic<int> router_gemm_dx_parts_force;
+
 // The backward's two kernels side by side (variant 4): dw's CTAs (whole T ranges of its tiles) and the dx kernel's CTA
 // cap, for K × E on `sms` SMs with dw in clusters of `dw_cluster`. dx_ctas 0: no split (dw's tiles fill the GPU).
 struct RouterGemmSideBySide {

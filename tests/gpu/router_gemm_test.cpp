@@ -2245,6 +2245,7 @@ struct OneLaunchAB : RouterGemmTest {
     const detail::RouterGemmConfig* dwcfg = nullptr;  // the dw kernel's forced config (variant 2)
     int dx_ctas = 0;       // detail::router_gemm_dx_ctas (variant 2: dx on that many CTAs, dw beside it)
     bool dx_bits = false;  // dx equal to the default's bit for bit, dw within 1e-5 (relative L2; other T ranges)
+    int dx_parts = 0;      // detail::router_gemm_dx_parts_force (the dx kernel's column parts; 0: its policy)
   };
   static void run(const std::vector<Opt>& opts, int rounds = 24, size_t ref = 0);
 };
@@ -2258,6 +2259,7 @@ void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref) {
     detail::router_gemm_measure_flags.store(o.flags);
     detail::router_gemm_bwd_one_measure.store(o.om);
     detail::router_gemm_dx_ctas.store(o.dx_ctas);
+    detail::router_gemm_dx_parts_force.store(o.dx_parts);
     detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
                                         wb.ref(DType::bf16, {E, K}), o.dx ? dxb.ref(DType::bf16, {T, K}) : TensorRef{},
                                         o.dw ? dwb.ref(DType::f32, {E, K}) : TensorRef{},
@@ -2265,6 +2267,7 @@ void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref) {
     detail::router_gemm_measure_flags.store(0);
     detail::router_gemm_bwd_one_measure.store(0);
     detail::router_gemm_dx_ctas.store(0);
+    detail::router_gemm_dx_parts_force.store(0);
   };
   call(opts[0]);
   synchronize();
@@ -2374,6 +2377,29 @@ TEST_F(RouterGemmTest, BwdSideBySideAB) {
                     {"dw 5 ranges c1 alone (80)", 2, 0, 0, false, true, false, nullptr, &dw5c1},
                     {"dx 52 CTAs x 128 tok alone", 2, 0, 0, true, false, false, &dx128, nullptr, 52},
                     {"one launch again", 3, 0, 0, true, true, true}});
+}
+
+// Measurement (prints; dx bit for bit and dw within 1e-5 of the op's default's), written in session 25 for session 26:
+// side by side with dx's token tiles cut into more column parts than fit its CTAs once, so that the CTAs' shares of dx
+// even out and dw can take more SMs. At 8192 × 2048 → 256 the default gives dw 4 ranges (64 CTAs) and dx 68 CTAs for
+// 128 tiles (60 CTAs take two, 8 one). dw alone on 5 ranges (80 CTAs, clusters of 1) took 45.5 µs in session 24, and
+// dx on 52 CTAs 3 tiles' time (54.8 µs); cut in 2 parts, 256 half-tiles on 52 CTAs are 2.5 tiles a CTA (≈ 45 µs at
+// session 24's ≈ 18 µs a tile, before the extra g conversions: every part converts its tile's g rows). Prediction:
+// dx 52 × 2 parts | dw 80 ≈ 47–50 µs against the default's 55.3, if dx's per-SM rate holds beside dw on 80 SMs.
+TEST_F(RouterGemmTest, BwdSideBySideBalanceAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dx64{64, 256, 64, 2, 1, 5};
+  static const C dw6c2{128, 256, 64, 2, 6, 3}, dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
+  OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                    {"dx 68 p2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64, &dw4c2, 68, true, 2},
+                    {"dx 52 p1 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 1},
+                    {"dx 52 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 2},
+                    {"dx 52 p4 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 4},
+                    {"dx 52 p8 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 8},
+                    {"dx 36 p4 | dw 6 ranges c2 (96)", 2, 0, 0, true, true, false, &dx64, &dw6c2, 36, true, 4},
+                    {"dx 36 p8 | dw 6 ranges c2 (96)", 2, 0, 0, true, true, false, &dx64, &dw6c2, 36, true, 8},
+                    {"side by side (op default) again", -1, 0, 0, true, true, true}});
 }
 
 // Measurement (prints; checks bits): the backward at precision standard by the one launch (variant 3), the two
