@@ -1065,9 +1065,10 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     DwTmaPlan plan;
     bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
     if (one_default && dx.defined() && dw.defined()) {  // side by side where it was measured faster (above)
-      const Specialization sd = pick(rt, ck, spec(arch, kDwTma, K, E), T, nullptr);
-      const RouterGemmSideBySide p = router_gemm_side_by_side_plan(K, E, sm_count(rt), sd.config[C_WM]);
-      const int own = static_cast<int>(((E + 127) / 128) * ((K + 255) / 256) * dw_tma_plan(sd, T, sm_count(rt)).ranges);
+      sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, nullptr);  // (kept for the dw launch)
+      const RouterGemmSideBySide p = router_gemm_side_by_side_plan(K, E, sm_count(rt), sdw.config[C_WM]);
+      const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256);
+      const int own = static_cast<int>(tiles * dw_tma_plan(sdw, T, sm_count(rt)).ranges);
       if (router_gemm_side_by_side_default(T, K, sm_count(rt), own, p)) {
         variant = 4;
         one_default = false;
@@ -1080,7 +1081,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     }
     RouterGemmSideBySide sbs;  // (variant 4 with dx and dw: dx's CTAs capped, dw's ranges from the SMs left)
     if (!one && dw.defined()) {
-      sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
+      if (!sdw.family) sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
       if (variant == 4 && dx.defined())
         sbs = router_gemm_side_by_side_plan(K, E, sm_count(rt), sdw.config[C_WM]);
       plan = dw_tma_plan(sdw, T, sbs.dx_ctas > 0 ? sbs.dw_sms : sm_count(rt));
