@@ -932,11 +932,9 @@ constexpr bool kBwdOneLaunchDefault = true;
 // session 9's path (no options) in the same runs: round 2 57.34 µs (p10–p90 56.9–58.0) against 59.9–61.5 (bimodal,
 // p10 56.7); round 3 +0.14 µs (faster in 45 % of 60 rounds: a tie); round 4 −0.78 (faster in 71 % of 80 rounds).
 constexpr int kBwdOneOptions = kRgOneWPrefetch;
-bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
-  return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
-}
-// ... and as the default only where dx's 64-token tiles also fill ≥ 70 % of its grid: each CTA runs at most one dx
-// tile after its dw role, so with fewer tiles the other CTAs idle through the dx role. Session 25 (H100, one
+// The one launch as the default (past side by side's line, below): where none of its CTAs takes more than one dx tile
+// and dx's 64-token tiles fill ≥ 70 % of its grid — each CTA runs at most one dx tile after its dw role, so with fewer
+// tiles the other CTAs idle through the dx role. Session 25 (H100, one
 // process, 12–24 rounds call by call, `RouterGemmTest.BwdSideBySideShapesAB`), one launch against the two kernels by
 // the tiles' share of the grid: 29 % (2048 × 7168 → 256) 85.1 vs 49.7 µs, 50 % (4096 × 4096) 73.1 vs 65.6, 57 %
 // (4096 × 7168) 110.0 vs 109.8, 71 % (5120 × 7168) 122.1 vs 126.3, 75 % (6144 × 4096) 85.4 vs 85.4, 86 % (6144 ×
