@@ -885,11 +885,13 @@ struct DwTmaPlan {
   int ranges = 0, rows = 0, cluster = 1, groups = 1;
   int64_t workspace_elems = 0;
 };
+// The TMA dw's tiles of 128 experts × 256 columns (its grid's x; × the T ranges in y).
+int64_t dw_tma_tiles(int64_t K, int64_t E) { return ((E + 127) / 128) * ((K + 255) / 256); }
 DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   DwTmaPlan p;
   if (T <= 0) return p;
   const int64_t K = s.params[P_K], E = s.params[P_E];
-  const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256), chunks = (T + 63) / 64;
+  const int64_t tiles = dw_tma_tiles(K, E), chunks = (T + 63) / 64;
   int64_t ranges = std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
   ranges = std::min(ranges, chunks);
   p.cluster = static_cast<int>(std::min<int64_t>(ranges, s.config[C_WM]));
@@ -941,7 +943,7 @@ constexpr int kBwdOneOptions = kRgOneWPrefetch;
 // 7168) 131.3 vs 137.5, 88 % (7168 × 4096) 91.6 vs 91.6, 100 % (7168 × 7168) 144.6 vs 149.0, (8192 × 4096) 97.3 vs
 // 97.1.
 bool one_launch_default(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
-  const int64_t grid = ((E + 127) / 128) * ((K + 255) / 256) * p.ranges, tiles = (T + 63) / 64;
+  const int64_t grid = dw_tma_tiles(K, E) * p.ranges, tiles = (T + 63) / 64;
   return tiles <= grid && 10 * tiles >= 7 * grid;
 }
 // The default at precision standard with dx and dw both wanted (sm_90a, E ≤ 256): the two kernels side by side
@@ -974,7 +976,7 @@ bool detail::router_gemm_side_by_side_default(int64_t T, int64_t K, int sms, int
 // split (dx_ctas 0: every SM, the plain two kernels).
 detail::RouterGemmSideBySide detail::router_gemm_side_by_side_plan(int64_t K, int64_t E, int sms, int dw_cluster) {
   RouterGemmSideBySide p;
-  const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256);
+  const int64_t tiles = dw_tma_tiles(K, E);
   int64_t r = std::clamp<int64_t>(sms / 2 / tiles, 1, 8);
   if (dw_cluster > 1 && r > 1) r -= r % dw_cluster;  // whole clusters
   if (2 * tiles * r > sms) return p;  // one range of dw's tiles takes more than half the SMs: no split
@@ -1065,8 +1067,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     if (one_default && dx.defined() && dw.defined()) {  // side by side where it was measured faster (above)
       sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, nullptr);  // (kept for the dw launch)
       const RouterGemmSideBySide p = router_gemm_side_by_side_plan(K, E, sm_count(rt), sdw.config[C_WM]);
-      const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256);
-      const int own = static_cast<int>(tiles * dw_tma_plan(sdw, T, sm_count(rt)).ranges);
+      const int own = static_cast<int>(dw_tma_tiles(K, E) * dw_tma_plan(sdw, T, sm_count(rt)).ranges);
       if (router_gemm_side_by_side_default(T, K, sm_count(rt), own, p)) {
         variant = 4;
         one_default = false;
@@ -1139,7 +1140,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       const int sms = cap > 0 ? std::min(cap, sm_count(rt)) : sm_count(rt);
       // Column parts fill the CTAs dx may take: with the dw kernel behind it and no cap, only the SMs dw's grid
       // leaves (more parts would hold dw's CTAs back: session 25, 4096 × 2048 → 128, 30.1 µs against 24.3 without).
-      const int dw_ctas = dw.defined() ? static_cast<int>(((E + 127) / 128) * ((K + 255) / 256) * plan.ranges) : 0;
+      const int dw_ctas = dw.defined() ? static_cast<int>(dw_tma_tiles(K, E) * plan.ranges) : 0;
       const int budget = cap > 0 || !dw.defined() ? sms : std::max(1, sm_count(rt) - dw_ctas);
       a.parts = router_gemm_dx_parts(a.tiles, K, cm, a.parts, budget);
       if (const int fp = router_gemm_dx_parts_force.load(std::memory_order_relaxed); fp > 0) {  // (measurement)
@@ -1176,7 +1177,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       if (a.trace) a.trace += kRgTraceBwdDwOffset;
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
       LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
+      d.grid[0] = static_cast<unsigned>(dw_tma_tiles(K, E));
       d.grid[1] = static_cast<unsigned>(plan.ranges);
       d.cluster[1] = static_cast<unsigned>(plan.cluster);
       d.block[0] = static_cast<unsigned>(threads(sk));
