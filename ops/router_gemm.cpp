@@ -1129,7 +1129,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.tiles = static_cast<int>((T + tm - 1) / tm);  // token tiles
       a.parts = tm == 128 ? 2 : 1;                    // column parts of each (more below, where CTAs would idle)
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
-      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
+      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) &
+                (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgNoGPrefetch);
     }
     if (dx.defined() && !one) {
       const Specialization& s = sdx;

@@ -76,7 +76,8 @@ struct RouterGemmDxTmaArgs {
   int tiles;                            // token tiles: ceil(T / TM)
   int parts;                            // column parts a token tile is cut into (≥ 1; see DxTile)
   const float* colf;                    // fp16 pass (SPLIT = 2): 2^c_k of w16's columns [K]; else null
-  int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
+  int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore /
+                                        // kRgNoGPrefetch
   unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
 // The fp16 pass's operand prep (router_gemm_w16_kernel): w16[e, k] = fp16(w[e, k] · 2^−c_k) with c_k from column k's
@@ -142,7 +143,8 @@ enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 constexpr int kRgSepReduce = 1 << 18;
 // Measurement (host only): the one-launch backward (dw first) sums the groups after its dx role, not under it.
 constexpr int kRgEndReduce = 1 << 19;
-// Measurement (host only): the one-launch backward (dw first) without the L2 prefetch of dx's g rows.
+// Measurement: the one-launch backward (dw first) without the L2 prefetch of dx's g rows (host), and the dx kernel
+// without its register prefetch of the next unit's g rows (RouterGemmDxTmaArgs::flags; session 26).
 constexpr int kRgNoGPrefetch = 1 << 20;
 // The dw role's x tiles loaded with an L2 evict-first policy (RouterGemmDwTmaArgs::flags; the one-launch backward
 // sets it unless kRgNoXEvictFirst, measurement, host only).

@@ -318,9 +318,15 @@ __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTma
 // before returning (the CTA may exit after it); the one-launch kernel waits at its very end instead.
 // hook.before() runs at the start of every 256-column block (before its MMAs), hook.after() once the block's MMAs
 // have completed (before its epilogue): the one-launch kernel hides the groups' sum of dw in them.
+// Hook::kPrefetchG: the next unit's g rows are loaded under the current unit's last block (PRE below; the dx kernel's
+// hook: the one-launch kernel runs at most one dx unit a CTA where it is the default).
 struct RgNoHook {
+  static constexpr bool kPrefetchG = false;
   __device__ __forceinline__ void before() {}
   __device__ __forceinline__ void after() {}
+};
+struct RgDxKernelHook : RgNoHook {
+  static constexpr bool kPrefetchG = true;
 };
 
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool STAGED, typename Hook = RgNoHook>
@@ -337,13 +343,25 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
   u64* const tb = tw && clusters * CM <= 512 ? trace + kRgTraceDxBlocks : nullptr;  // (measurement: per block)
   int s = 0;
   u32 phase = 0;
+  // PRE (64-token units whose g rows are one batch, not the fp16 pass): a unit's g values are loaded into registers
+  // at the start of the previous unit's last column block, so that its MMAs and epilogue hide the loads' latency and
+  // only the conversion and shared stores separate two units (the first unit still loads its own). 64 registers,
+  // live beside the 64 of the accumulators.
+  constexpr int ITERS = rgt::DxGBatch<E, TM>::ITERS;  // 8-column units
+  constexpr int GB = rgt::DxGBatch<E, TM>::BATCH;
+  constexpr bool PRE = Hook::kPrefetchG && !D::F16 && TM == 64 && ITERS == GB;
+  float4 gnext[PRE ? GB : 1][2];
+  bool have_next = false;
   for (int grp = cluster; grp < groups; grp += clusters) {
     const rgt::DxUnit u = rgt::dx_unit<D::NCH, D::BM, CM>(grp, rank, a.parts);
     const int m0 = u.m0, nb0 = u.nb0, nb1 = u.nb1;
     // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
     rgt::bar_sync_consumers();
-    constexpr int ITERS = rgt::DxGBatch<E, TM>::ITERS;  // 8-column units
-    if constexpr (D::F16) {
+    if constexpr (PRE) {
+      if (!have_next) rgt::dx_load_g_batch<E, TM>(a, m0, ct, 0, gnext);
+      rgt::dx_store_a_batch<E, TM, SPLIT>(base, ct, 0, gnext);
+      have_next = false;
+    } else if constexpr (D::F16) {
       // A warp per row (8 consumer warps: rows cw, cw + 8, …); lane l converts experts 8l … 8l + 7 (lanes past
       // the A tile's EC·64 columns idle, those past E write zeros). The row's finite amax (redux) sets 2^−s_t.
       // All loads of a batch of 8 rows first (64 registers; the accumulators are not live here).
@@ -407,6 +425,13 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
 #pragma unroll
       for (int i = 0; i < D::NW / 2; ++i) acc[i] = 0.f;
       hook.before();
+      if constexpr (PRE) {  // the next unit's g values, under this block's MMAs (see PRE)
+        if (n == nb1 - 1 && grp + clusters < groups && !(a.flags & kRgNoGPrefetch)) {
+          rgt::dx_load_g_batch<E, TM>(a, rgt::dx_unit<D::NCH, D::BM, CM>(grp + clusters, rank, a.parts).m0, ct, 0,
+                                      gnext);
+          have_next = true;
+        }
+      }
       int prev = -1;
       for (int ec = 0; ec < D::EC; ++ec) {
         mbar_wait(bars + 8 * s, phase);
@@ -561,7 +586,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
     }
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     setmaxnreg_inc<232>();
-    RgNoHook nh;
+    RgDxKernelHook nh;
     router_gemm_dx_tma_consume<K, E, STAGES, CM, SPLIT, TM, STAGED>(a, base, bars, stg, rank, cluster, clusters, trace,
                                                                     true, nh);
   }
@@ -1170,6 +1195,7 @@ __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTma
 // for the flags if they were never all seen) — with one dx tile a CTA and R = 16, 4 of dx's 8 blocks suffice.
 template <int K, int E>
 struct RgGroupsSumHook {
+  static constexpr bool kPrefetchG = false;
   const RouterGemmBwdTmaArgs* a;
   int t, done, np;
   bool ready, checking, pend;

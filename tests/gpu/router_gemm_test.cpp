@@ -2407,6 +2407,55 @@ TEST_F(RouterGemmTest, BwdSideBySideBalanceAB) {
                     {"side by side (op default) again", -1, 0, 0, true, true, true}});
 }
 
+// Measurement (prints; no checks: the ablations' outputs are garbage), written in session 26: the dx kernel alone at
+// 8192 × 2048 → 256 on every SM, 64-token tiles (the default) against 128-token units × 2 column parts, each with
+// its stores, w loads and MMAs taken away (kRgSkipStore / kRgSkipLoad / kRgSkipMma) — which of them bounds a unit.
+// Session 25's per-unit times: ≈ 18 µs a 64-token tile of all 2048 columns, ≈ 17.7 a 128-token half-width unit
+// (the same MMA work, half the w bytes landing per SM).
+TEST_F(RouterGemmTest, BwdDxAloneAblationAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dx64{64, 256, 64, 2, 1, 5}, dx128{128, 256, 64, 2, 1, 3};
+  const int S = kRgSkipStore, L = kRgSkipLoad, M = kRgSkipMma;
+  std::vector<OneLaunchAB::Opt> opts;
+  for (const auto& [cfg, tag, parts] : {std::tuple{&dx64, "64 tok", 0}, std::tuple{&dx128, "128 tok p2", 0},
+                                        std::tuple{&dx128, "128 tok p1 (64 CTAs)", 1}})
+    for (const auto& [flags, what] : {std::pair{0, ""}, std::pair{S, " nostore"}, std::pair{L, " noload"},
+                                      std::pair{M, " nomma"}, std::pair{L | M, " noload+nomma"},
+                                      std::pair{L | M | S, " g conversion only"}}) {
+      static std::vector<std::string> names;  // (the options keep the pointers)
+      names.reserve(64);
+      names.push_back(std::string("dx alone ") + tag + what);
+      opts.push_back({names.back().c_str(), 2, flags, 0, true, false, false, cfg, nullptr, 0, false, parts});
+    }
+  OneLaunchAB::run(opts, ab_rounds());
+}
+
+// Measurement (prints; dx bit for bit and dw within 4·√T·2⁻²⁴ of the op's default's), written in session 26: the dx
+// kernel's register prefetch of the next unit's g rows (under the current unit's last block) against none
+// (kRgNoGPrefetch), side by side at the op's split and at dw 5 ranges (80 CTAs) | dx 52 in 2 and 4 column parts, and
+// dx alone on 52 CTAs. Prediction (session 25's balance A/B: ≈ 1.8 µs a unit's g conversion, 5 units a CTA at
+// 52 × 2 parts): dx 52 p2 | dw 80 from 54.6 to ≈ 48 µs, bound by dw (45 alone on 80 CTAs).
+TEST_F(RouterGemmTest, BwdDxGPrefetchAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dx64{64, 256, 64, 2, 1, 5};
+  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw6c2{128, 256, 64, 2, 6, 3};
+  const int N = kRgNoGPrefetch;
+  OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                    {"side by side, no g prefetch", -1, N, 0, true, true, true},
+                    {"dx 52 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 2},
+                    {"dx 52 p2 | dw 5 ranges c1, no g prefetch", 2, N, 0, true, true, false, &dx64, &dw5c1, 52, true, 2},
+                    {"dx 52 p4 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 4},
+                    {"dx 52 p4 | dw 5 ranges c1, no g prefetch", 2, N, 0, true, true, false, &dx64, &dw5c1, 52, true, 4},
+                    {"dx 36 p4 | dw 6 ranges c2 (96)", 2, 0, 0, true, true, false, &dx64, &dw6c2, 36, true, 4},
+                    {"dx 52 p2 alone", 2, 0, 0, true, false, false, &dx64, nullptr, 52, false, 2},
+                    {"dx 52 p2 alone, no g prefetch", 2, N, 0, true, false, false, &dx64, nullptr, 52, false, 2},
+                    {"dx alone (every SM, its parts)", 2, 0, 0, true, false, false, &dx64},
+                    {"dw 5 ranges c1 alone (80)", 2, 0, 0, false, true, false, nullptr, &dw5c1},
+                    {"side by side (op default) again", -1, 0, 0, true, true, true}});
+}
+
 // Measurement (prints; checks bits): the backward at precision standard by the one launch (variant 3), the two
 // kernels one after the other (variant 2) and side by side (variant 4), at each shape of $KILN_RG_SBS_SHAPES
 // ("TxKxE,…"; skipped when unset), $KILN_RG_AB_ROUNDS rounds (default 24) through OneLaunchAB::run: dx equal to the
