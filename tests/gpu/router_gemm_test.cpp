@@ -2456,6 +2456,26 @@ TEST_F(RouterGemmTest, BwdDxGPrefetchAB) {
                     {"side by side (op default) again", -1, 0, 0, true, true, true}});
 }
 
+// Measurement (prints; dx bit for bit and dw within 4·√T·2⁻²⁴ of the op's default's), written in session 26: side by
+// side with 128-token dx units (half the w bytes landing per token) against the op's split with 64-token units.
+// Session 26 (24 rounds, with a register prefetch of the first g batch that was then removed: it changed nothing):
+// op 55.8; dx128 68 × 2 parts | dw 64 55.8; dx128 52 × 2 | dw 80 59.4, × 3 59.1; dx128 52 × 2 alone 51.7 (3 units
+// on the busiest CTAs: ≈ 17.2 µs a 128-token unit of 1024 columns, no faster than two 64-token units).
+TEST_F(RouterGemmTest, BwdDx128SideBySideAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dx128{128, 256, 64, 2, 1, 3};
+  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
+  OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                    {"dx128 68 p2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx128, &dw4c2, 68, true, 2},
+                    {"dx128 52 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx128, &dw5c1, 52, true, 2},
+                    {"dx128 52 p3 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx128, &dw5c1, 52, true, 3},
+                    {"dx128 52 p2 alone", 2, 0, 0, true, false, false, &dx128, nullptr, 52, false, 2},
+                    {"dx128 alone (every SM, 2 parts)", 2, 0, 0, true, false, false, &dx128, nullptr, 0, false, 2},
+                    {"dw 4 ranges c2 alone (64)", 2, 0, 0, false, true, false, nullptr, &dw4c2},
+                    {"side by side (op default) again", -1, 0, 0, true, true, true}});
+}
+
 // Measurement (prints; checks bits): the backward at precision standard by the one launch (variant 3), the two
 // kernels one after the other (variant 2) and side by side (variant 4), at each shape of $KILN_RG_SBS_SHAPES
 // ("TxKxE,…"; skipped when unset), $KILN_RG_AB_ROUNDS rounds (default 24) through OneLaunchAB::run: dx equal to the
