@@ -1144,7 +1144,9 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       const int dw_ctas = dw.defined() ? static_cast<int>(dw_tma_tiles(K, E) * plan.ranges) : 0;
       const int budget = cap > 0 || !dw.defined() ? sms : std::max(1, sm_count(rt) - dw_ctas);
       a.parts = router_gemm_dx_parts(a.tiles, K, cm, a.parts, budget);
-      if (const int fp = router_gemm_dx_parts_force.load(std::memory_order_relaxed); fp > 0) {  // (measurement)
+      if (const int fp = router_gemm_dx_parts_force.load(std::memory_order_relaxed); fp < 0) {  // (measurement)
+        a.parts = 0;  // balanced ranges of (tile, block) pairs (DxCursor)
+      } else if (fp > 0) {  // (measurement)
         const int64_t nch = (K + 255) / 256, per = (nch + fp - 1) / fp;
         if (fp > nch || per * (fp - 1) >= nch)
           ck.invalid("parts", fmt::format("a forced dx column split must give every part a block: {} parts of {} "
@@ -1152,7 +1154,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
                                           fp, nch));
         a.parts = fp;
       }
-      const int64_t groups = (a.tiles + cm - 1) / cm * a.parts;
+      // (balanced ranges: a cluster for each of at most NB = ceil(tiles / cm)·ceil(K / 256) blocks)
+      const int64_t groups = (a.tiles + cm - 1) / cm * (a.parts > 0 ? a.parts : (K + 255) / 256);
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(clusters * cm);

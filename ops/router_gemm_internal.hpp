@@ -46,8 +46,9 @@ extern std::atomic<int> router_gemm_bwd_one_measure;
 extern std::atomic<int> router_gemm_dx_ctas;
 
 // Measurement hook (GPU tests only): the column parts of the standalone dx kernel's token tiles, instead of
-// router_gemm_dx_parts's choice (session 25: more parts than fit the CTAs once, to even out the CTAs' work beside dw).
-// 0 in normal use.
+// router_gemm_dx_parts's choice (session 25: more parts than fit the CTAs once, to even out the CTAs' work beside dw);
+// −1: balanced ranges of (tile, column block) pairs, every CTA the same number of blocks ± 1 (session 26). 0 in
+// normal use.
 extern std::atomic<int> router_gemm_dx_parts_force;
 
 // The backward's two kernels side by side (variant 4): dw's CTAs (whole T ranges of its tiles) and the dx kernel's CTA

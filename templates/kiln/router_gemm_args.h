@@ -74,7 +74,8 @@ struct RouterGemmDxTmaArgs {
   void* dx; long long dx_stride;
   int T;
   int tiles;                            // token tiles: ceil(T / TM)
-  int parts;                            // column parts a token tile is cut into (≥ 1; see DxTile)
+  int parts;                            // column parts a token tile is cut into (≥ 1; see DxTile), or 0:
+                                        // balanced ranges of (tile, column block) pairs (DxCursor)
   const float* colf;                    // fp16 pass (SPLIT = 2): 2^c_k of w16's columns [K]; else null
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore /
                                         // kRgNoGPrefetch

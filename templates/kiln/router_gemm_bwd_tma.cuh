@@ -206,6 +206,33 @@ __device__ __forceinline__ DxUnit dx_unit(int grp, u32 rank, int parts) {
   const int nb0 = part * per;
   return {((grp / parts) * CM + static_cast<int>(rank)) * BM, nb0, nb0 + per < NCH ? nb0 + per : NCH};
 }
+// A CTA's dx units in order (the producer and the consumers walk the same sequence). a.parts ≥ 1: the unit groups
+// cluster, cluster + clusters, … (dx_unit). a.parts == 0 (balanced ranges, session 26): the NB = ceil(tiles/CM)·NCH
+// (tile group, 256-column block) pairs in order, cluster c taking the run [c·NB/clusters, (c+1)·NB/clusters) — cut
+// where a tile group ends, so every CTA gets the same number of blocks (±1) in at most a few units.
+struct DxCursor {
+  int pos, end;
+};
+template <int NCH, int CM>
+__device__ __forceinline__ DxCursor dx_begin(int tiles, int parts, int cluster, int clusters) {
+  if (parts > 0) return {cluster, (tiles + CM - 1) / CM * parts};
+  const long long nb = static_cast<long long>((tiles + CM - 1) / CM) * NCH;
+  return {static_cast<int>(cluster * nb / clusters), static_cast<int>((cluster + 1) * nb / clusters)};
+}
+template <int NCH, int BM, int CM>
+__device__ __forceinline__ bool dx_next(DxCursor& c, int parts, int clusters, u32 rank, DxUnit& u) {
+  if (c.pos >= c.end) return false;
+  if (parts > 0) {
+    u = dx_unit<NCH, BM, CM>(c.pos, rank, parts);
+    c.pos += clusters;
+  } else {
+    const int tg = c.pos / NCH, nb0 = c.pos - tg * NCH;
+    const int nb1 = c.end - c.pos < NCH - nb0 ? nb0 + (c.end - c.pos) : NCH;
+    u = {(tg * CM + static_cast<int>(rank)) * BM, nb0, nb1};
+    c.pos += nb1 - nb0;
+  }
+  return true;
+}
 // The dx consumers' g rows → A tile (bf16(g), hi + lo): 8-column units (16 bytes of bf16) u = it·256 + ct, converted
 // in batches of up to 8 (16 float4 loads a thread in flight).
 template <int E, int TM>
@@ -276,12 +303,12 @@ __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTma
                                                            int cluster, int clusters, u64* trace, u64 t0_ns,
                                                            u64 t0_clk, int& s, u32& phase) {
   using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
-  const int groups = (a.tiles + CM - 1) / CM * a.parts;
   prefetch_tmap(&a.tmw);
   if constexpr (D::F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
   u64 first_clk = 0;
-  for (int grp = cluster; grp < groups; grp += clusters) {
-    const rgt::DxUnit u = rgt::dx_unit<D::NCH, D::BM, CM>(grp, rank, a.parts);
+  rgt::DxCursor cur = rgt::dx_begin<D::NCH, CM>(a.tiles, a.parts, cluster, clusters);
+  rgt::DxUnit u;
+  while (rgt::dx_next<D::NCH, D::BM, CM>(cur, a.parts, clusters, rank, u)) {
     for (int c = u.nb0 * D::EC; c < u.nb1 * D::EC; ++c) {
       if (trace && first_clk == 0) first_clk = rgt::clk();
       const int n = c / D::EC, ec = c - n * D::EC;
@@ -337,7 +364,6 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
   const u32 ring = base + D::A_BYTES;
   const u32 rowf = bars + 16 * STAGES;  // F16: 2^s_t of the unit's TM rows (fp32)
   const int tid = threadIdx.x, wg = tid / 128;
-  const int groups = (a.tiles + CM - 1) / CM * a.parts;
   const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
   u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
   u64* const tb = tw && clusters * CM <= 512 ? trace + kRgTraceDxBlocks : nullptr;  // (measurement: per block)
@@ -353,8 +379,9 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
   constexpr bool PRE = Hook::kPrefetchG && !D::F16 && TM == 64 && ITERS == GB;
   float4 gnext[PRE ? GB : 1][2];
   bool have_next = false;
-  for (int grp = cluster; grp < groups; grp += clusters) {
-    const rgt::DxUnit u = rgt::dx_unit<D::NCH, D::BM, CM>(grp, rank, a.parts);
+  rgt::DxCursor cur = rgt::dx_begin<D::NCH, CM>(a.tiles, a.parts, cluster, clusters);
+  rgt::DxUnit u;
+  while (rgt::dx_next<D::NCH, D::BM, CM>(cur, a.parts, clusters, rank, u)) {
     const int m0 = u.m0, nb0 = u.nb0, nb1 = u.nb1;
     // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
     rgt::bar_sync_consumers();
@@ -427,9 +454,11 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
       for (int i = 0; i < D::NW / 2; ++i) acc[i] = 0.f;
       hook.before();
       if constexpr (PRE) {  // the next unit's g values, under this block's MMAs (see PRE)
-        if (n == nb1 - 1 && grp + clusters < groups && !(a.flags & kRgNoGPrefetch)) {
-          rgt::dx_load_g_batch<E, TM>(a, rgt::dx_unit<D::NCH, D::BM, CM>(grp + clusters, rank, a.parts).m0, ct, 0,
-                                      gnext);
+        rgt::DxCursor nx = cur;
+        rgt::DxUnit un;
+        if (n == nb1 - 1 && !(a.flags & kRgNoGPrefetch) &&
+            rgt::dx_next<D::NCH, D::BM, CM>(nx, a.parts, clusters, rank, un)) {
+          rgt::dx_load_g_batch<E, TM>(a, un.m0, ct, 0, gnext);
           have_next = true;
         }
       }

@@ -2048,6 +2048,18 @@ TEST_F(RouterGemmTest, BwdDxColumnParts) {
       EXPECT_TRUE(b.guards_ok);
       EXPECT_TRUE(bitwise_equal("dx (a config's parts vs the one launch's tiles)", b.dx, one.dx));
     }
+    // Balanced ranges of (tile, column block) pairs (session 26; measurement hook −1) on every SM, 52 and 7 CTAs.
+    for (const int ctas : {0, 52, 7})
+      for (const C* c : {static_cast<const C*>(nullptr), &cm2, &cm4, &tm128}) {
+        SCOPED_TRACE("ranges on " + std::to_string(ctas) + " CTAs, " + (c ? fmt_config(*c) : std::string("default")));
+        detail::router_gemm_dx_parts_force.store(-1);
+        detail::router_gemm_dx_ctas.store(ctas);
+        const Bwd b = run_bwd(g, x, w, T, K, E, true, false, c, nullptr, false, 2, 4);
+        detail::router_gemm_dx_parts_force.store(0);
+        detail::router_gemm_dx_ctas.store(0);
+        EXPECT_TRUE(b.guards_ok);
+        EXPECT_TRUE(bitwise_equal("dx (balanced ranges vs the one launch's tiles)", b.dx, one.dx));
+      }
     for (int precision : {1, 0}) {
       SCOPED_TRACE("precision " + std::to_string(precision));
       const Bwd b = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, 2, precision);
@@ -2473,6 +2485,108 @@ TEST_F(RouterGemmTest, BwdDx128SideBySideAB) {
                     {"dx128 52 p2 alone", 2, 0, 0, true, false, false, &dx128, nullptr, 52, false, 2},
                     {"dx128 alone (every SM, 2 parts)", 2, 0, 0, true, false, false, &dx128, nullptr, 0, false, 2},
                     {"dw 4 ranges c2 alone (64)", 2, 0, 0, false, true, false, nullptr, &dw4c2},
+                    {"side by side (op default) again", -1, 0, 0, true, true, true}});
+}
+
+// Profiling target (skipped unless $KILN_RG_NCU is set; run under ncu, written in session 26): at 8192 × 2048 → 256,
+// each of dx alone at 64-token tiles (the default) and 128-token units × 2 parts on every SM, dw alone on 4 ranges in
+// clusters of 2 (64 CTAs, its side-by-side share) and dw alone with its own grid — once to compile and warm, then
+// once more each (ncu: skip the first 4 launches of router_gemm_d[xw]_tma_kernel, profile the next 4).
+TEST_F(RouterGemmTest, BwdNcuTargets) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  if (!std::getenv("KILN_RG_NCU")) GTEST_SKIP() << "no $KILN_RG_NCU";
+  using C = detail::RouterGemmConfig;
+  static const C dx64{64, 256, 64, 2, 1, 5}, dx128{128, 256, 64, 2, 1, 3}, dw4c2{128, 256, 64, 2, 4, 3};
+  Runtime& r = rt();
+  BwdIssueBuffers b(r, mix_seed({0xbc1}), mix_seed({0xbc2}), mix_seed({0xbc3}));
+  const int64_t T = b.T, K = b.K, E = b.E;
+  struct Arm {
+    const C* dx;
+    const C* dw;
+    int parts;
+  };
+  const Arm arms[] = {{&dx64, nullptr, 0}, {&dx128, nullptr, 2}, {nullptr, &dw4c2, 0}, {nullptr, nullptr, 0}};
+  auto call = [&](const Arm& a, bool dw_default) {
+    detail::router_gemm_dx_parts_force.store(a.parts);
+    const bool want_dx = a.dx != nullptr, want_dw = a.dw != nullptr || dw_default;
+    detail::router_gemm_fp32_bwd_config(r, b.gb.ref(DType::f32, {T, E}), b.xb.ref(DType::bf16, {T, K}),
+                                        b.wb.ref(DType::bf16, {E, K}),
+                                        want_dx ? b.dxb.ref(DType::bf16, {T, K}) : TensorRef{},
+                                        want_dw ? b.dwb.ref(DType::f32, {E, K}) : TensorRef{},
+                                        b.wsb.ref(DType::f32, {b.ws_elems}), 2, 4, a.dx, a.dw, nullptr);
+    detail::router_gemm_dx_parts_force.store(0);
+    synchronize();
+  };
+  for (int round = 0; round < 2; ++round)
+    for (size_t i = 0; i < std::size(arms); ++i) call(arms[i], i == 3);
+}
+
+// Measurement (prints; dx bit for bit and dw within 4·√T·2⁻²⁴ of the op's default's), written in session 26 after
+// ncu: dx alone at 64-token tiles keeps its tensor pipe busy 40 % of the time with L2 at 52 % of its throughput and
+// no eligible warp 73 % of the cycles — latency, not bandwidth. If a CTA's w stream is bound by the bytes its ring
+// keeps in flight (Little's law: 160 KiB at 5 stages, 96 KiB at the 128-token units' 3), 128-token units with 5
+// stages (no staging tiles: their epilogue stores from registers) should land 640 KB a unit in ≈ 11 µs instead of
+// ≈ 17, and side by side with them ≈ 47 µs (dw-bound) against 55.
+TEST_F(RouterGemmTest, BwdDxStagesAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dx64s5{64, 256, 64, 2, 1, 5}, dx64s6{64, 256, 64, 2, 1, 6};
+  static const C dx128s3{128, 256, 64, 2, 1, 3}, dx128s4{128, 256, 64, 2, 1, 4}, dx128s5{128, 256, 64, 2, 1, 5};
+  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
+  OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                    {"dx64 s5 alone (every SM)", 2, 0, 0, true, false, false, &dx64s5},
+                    {"dx64 s6 (unstaged) alone", 2, 0, 0, true, false, false, &dx64s6},
+                    {"dx128 s3 p2 alone (every SM)", 2, 0, 0, true, false, false, &dx128s3, nullptr, 0, false, 2},
+                    {"dx128 s4 (unstaged) p2 alone", 2, 0, 0, true, false, false, &dx128s4, nullptr, 0, false, 2},
+                    {"dx128 s5 (unstaged) p2 alone", 2, 0, 0, true, false, false, &dx128s5, nullptr, 0, false, 2},
+                    {"dx64 s5 52 p2 alone", 2, 0, 0, true, false, false, &dx64s5, nullptr, 52, false, 2},
+                    {"dx64 s6 52 p2 alone", 2, 0, 0, true, false, false, &dx64s6, nullptr, 52, false, 2},
+                    {"dx128 s3 52 p2 alone", 2, 0, 0, true, false, false, &dx128s3, nullptr, 52, false, 2},
+                    {"dx128 s5 52 p2 alone", 2, 0, 0, true, false, false, &dx128s5, nullptr, 52, false, 2},
+                    {"dx128 s5 68 p2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx128s5, &dw4c2, 68, true, 2},
+                    {"dx128 s5 52 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx128s5, &dw5c1, 52, true, 2},
+                    {"dx64 s6 68 p2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64s6, &dw4c2, 68, true, 2},
+                    {"side by side (op default) again", -1, 0, 0, true, true, true}});
+}
+
+// Measurement (prints; no checks: the ablations' outputs are garbage), written in session 26: is the dx kernel's w
+// stream bound by the bytes its ring keeps in flight (Little's law: time ∝ 1 / stages) or by a per-SM landing rate
+// (time independent of stages)? dx alone at 8192 × 2048 → 256, 64-token tiles, 2 … 5 stages of 32 KiB (all staged),
+// in full, without MMAs (kRgSkipMma: a stage is released as soon as it lands) and without MMAs and stores.
+TEST_F(RouterGemmTest, BwdDxRingDepthAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C cfg[] = {{64, 256, 64, 2, 1, 5}, {64, 256, 64, 2, 1, 4}, {64, 256, 64, 2, 1, 3}, {64, 256, 64, 2, 1, 2}};
+  static std::vector<std::string> names;
+  names.reserve(32);
+  std::vector<OneLaunchAB::Opt> opts;
+  for (const C& c : cfg)
+    for (const auto& [flags, what] : {std::pair{0, ""}, std::pair{int{kRgSkipMma}, " nomma"},
+                                      std::pair{kRgSkipMma | kRgSkipStore, " nomma nostore"}}) {
+      names.push_back("dx alone, " + std::to_string(c[5]) + " stages" + what);
+      opts.push_back({names.back().c_str(), 2, flags, 0, true, false, false, &c});
+    }
+  OneLaunchAB::run(opts, ab_rounds());
+}
+
+// Measurement (prints; dx bit for bit and dw within 4·√T·2⁻²⁴ of the op's default's), written in session 26: dx
+// units as balanced ranges of (tile, column block) pairs (router_gemm_dx_parts_force = −1: 1024 blocks over 52 CTAs
+// are 19–20 blocks each in ≤ 4 units, against 5 half-tiles of 4 blocks = 20 blocks and 5 g conversions at 2 parts).
+// Prediction: dx 52 alone 49.3 → ≈ 46 µs (fewer conversions; the ranges' first units' g rows not prefetched); beside
+// dw's 5 ranges (45 alone) ≈ 50 against the op's 55.3.
+TEST_F(RouterGemmTest, BwdDxRangesAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dx64{64, 256, 64, 2, 1, 5};
+  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
+  OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                    {"dx 52 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 2},
+                    {"dx 52 ranges | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, -1},
+                    {"dx 68 ranges | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64, &dw4c2, 68, true, -1},
+                    {"dx 52 p2 alone", 2, 0, 0, true, false, false, &dx64, nullptr, 52, false, 2},
+                    {"dx 52 ranges alone", 2, 0, 0, true, false, false, &dx64, nullptr, 52, false, -1},
+                    {"dx ranges alone (every SM)", 2, 0, 0, true, false, false, &dx64, nullptr, 0, false, -1},
+                    {"dx alone (every SM, its parts)", 2, 0, 0, true, false, false, &dx64},
                     {"side by side (op default) again", -1, 0, 0, true, true, true}});
 }
 
