@@ -293,8 +293,8 @@ __device__ __forceinline__ void dx_store_a_batch(u32 base, int ct, int it0,
 // The dx kernel's two roles as functions (the one-launch backward, router_gemm_bwd_tma_kernel, runs them after its dw
 // role). Shared-memory layout: the A tile(s) at `base`, the ring right after them (ring = base + A_BYTES), the
 // ring's 2·STAGES mbarriers at `bars` (full[s] at bars + 8s, empty[s] after them; the fp16 pass's row scales after
-// those), the staging tiles at `stg` (STAGED). Work: unit groups cluster, cluster + clusters, … (rank: this CTA's
-// rank in its multicast cluster of CM).
+// those), the staging tiles at `stg` (STAGED). Work: the units rgt::dx_next walks for this cluster (unit groups
+// cluster, cluster + clusters, …, or a balanced range of blocks; rank: this CTA's rank in its multicast cluster of CM).
 //
 // Producer (one thread): streams every w chunk of the CTA's units through the ring; (s, phase) are the ring position
 // (in: where to start, 0 / 0 for a fresh ring; out: the next slot after the last one filled).

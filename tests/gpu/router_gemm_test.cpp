@@ -2025,6 +2025,7 @@ TEST_F(RouterGemmTest, BwdSideBySideEqualsTwoKernels) {
 // leave CTAs idle): dx alone (every SM: the most parts) equals the one launch's dx (one part a tile) bit for bit, and
 // every dx config — clusters of 2 and 4 sharing w, 128-token units — and precision is within its bound of fp64, at
 // token counts that give 1 … 28 parts (T = 1: every block its own unit; K = 7168: 28 blocks; K = 1536, E = 160).
+// The balanced ranges of (tile, block) pairs (session 26's measurement mode) too, on every SM, 52 and 7 CTAs.
 TEST_F(RouterGemmTest, BwdDxColumnParts) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   using C = detail::RouterGemmConfig;
