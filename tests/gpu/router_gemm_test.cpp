@@ -2591,6 +2591,27 @@ TEST_F(RouterGemmTest, BwdDxRangesAB) {
                     {"side by side (op default) again", -1, 0, 0, true, true, true}});
 }
 
+// Measurement (prints; dx bit for bit and dw within 4·√T·2⁻²⁴ of the op's default's), written in session 26 for
+// session 27 (not run yet): side by side with dx's w shared by multicast in clusters of 2 or 4. Alone, multicast did
+// not speed dx up (sessions 3, 5, 16: each SM lands the same bytes). Side by side, dx (121 MB of L2 traffic, ncu) and
+// dw (166 MB) slow each other (dx 52 alone 47.9 µs, dw 80 alone 45.1, together 55.3; both latency-bound): halving
+// dx's L2 reads of w might lower the L2 latency dw sees. Prediction: 0 to −3 µs against the op's default.
+TEST_F(RouterGemmTest, BwdSideBySideMulticastAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dx64{64, 256, 64, 2, 1, 5}, dx64c2{64, 256, 64, 2, 2, 5}, dx64c4{64, 256, 64, 2, 4, 5};
+  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
+  OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                    {"dx 68 c1 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64, &dw4c2, 68, true},
+                    {"dx 68 c2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64c2, &dw4c2, 68, true},
+                    {"dx 68 c4 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64c4, &dw4c2, 68, true},
+                    {"dx 52 c2 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64c2, &dw5c1, 52, true, 2},
+                    {"dx 52 c2 ranges | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64c2, &dw5c1, 52, true, -1},
+                    {"dx 68 c2 alone", 2, 0, 0, true, false, false, &dx64c2, nullptr, 68},
+                    {"dx 68 c1 alone", 2, 0, 0, true, false, false, &dx64, nullptr, 68},
+                    {"side by side (op default) again", -1, 0, 0, true, true, true}});
+}
+
 // Measurement (prints; checks bits): the backward at precision standard by the one launch (variant 3), the two
 // kernels one after the other (variant 2) and side by side (variant 4), at each shape of $KILN_RG_SBS_SHAPES
 // ("TxKxE,…"; skipped when unset), $KILN_RG_AB_ROUNDS rounds (default 24) through OneLaunchAB::run: dx equal to the
