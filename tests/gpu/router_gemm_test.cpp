@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <functional>
 #include <limits>
 #include <optional>
@@ -2436,8 +2437,7 @@ TEST_F(RouterGemmTest, BwdDxAloneAblationAB) {
     for (const auto& [flags, what] : {std::pair{0, ""}, std::pair{S, " nostore"}, std::pair{L, " noload"},
                                       std::pair{M, " nomma"}, std::pair{L | M, " noload+nomma"},
                                       std::pair{L | M | S, " g conversion only"}}) {
-      static std::vector<std::string> names;  // (the options keep the pointers)
-      names.reserve(64);
+      static std::deque<std::string> names;  // (the options keep pointers into it: a deque never moves them)
       names.push_back(std::string("dx alone ") + tag + what);
       opts.push_back({names.back().c_str(), 2, flags, 0, true, false, false, cfg, nullptr, 0, false, parts});
     }
@@ -2558,8 +2558,7 @@ TEST_F(RouterGemmTest, BwdDxRingDepthAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   using C = detail::RouterGemmConfig;
   static const C cfg[] = {{64, 256, 64, 2, 1, 5}, {64, 256, 64, 2, 1, 4}, {64, 256, 64, 2, 1, 3}, {64, 256, 64, 2, 1, 2}};
-  static std::vector<std::string> names;
-  names.reserve(32);
+  static std::deque<std::string> names;  // (the options keep pointers into it: a deque never moves them)
   std::vector<OneLaunchAB::Opt> opts;
   for (const C& c : cfg)
     for (const auto& [flags, what] : {std::pair{0, ""}, std::pair{int{kRgSkipMma}, " nomma"},
