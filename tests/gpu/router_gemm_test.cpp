@@ -2241,6 +2241,11 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   }
 }
 
+// The configs the backward's A/Bs force (measurement): dx at 64-token tiles (its default: no multicast, 5 stages) and
+// 128-token units (3 stages, staged); dw's T ranges in clusters of 2 (4 or 6 ranges) or of 1 (5 ranges).
+const detail::RouterGemmConfig dx64{64, 256, 64, 2, 1, 5}, dx128{128, 256, 64, 2, 1, 3};
+const detail::RouterGemmConfig dw4c2{128, 256, 64, 2, 4, 3}, dw5c1{128, 256, 64, 1, 5, 3}, dw6c2{128, 256, 64, 2, 6, 3};
+
 // Measurement (prints; checks that the options that keep the sums give the default's bits): session 10 — why the one
 // launch's dx role runs its column blocks ≈ 40 % slower after the dw role than the dx kernel at the start of a launch,
 // and the candidates. Call by call round-robin (L2 flushed before every call) at 8192 × 2048 → 256, precision
@@ -2380,9 +2385,6 @@ TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
 // split inside one kernel with 64-token tiles only (dx starved of L2 bandwidth on 36–52 SMs: 78 µs).
 TEST_F(RouterGemmTest, BwdSideBySideAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  using C = detail::RouterGemmConfig;
-  static const C dx64{64, 256, 64, 2, 1, 5}, dx128{128, 256, 64, 2, 1, 3};
-  static const C dw6c2{128, 256, 64, 2, 6, 3}, dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
   OneLaunchAB::run({{"one launch", 3, 0, 0, true, true, true},
                     {"two kernels", 2, 0, 0, true, true, false, nullptr, nullptr, 0, true},
                     {"dx 36 CTAs x 64 tok | dw 6 ranges c2 (96)", 2, 0, 0, true, true, false, &dx64, &dw6c2, 36, true},
@@ -2407,9 +2409,6 @@ TEST_F(RouterGemmTest, BwdSideBySideAB) {
 // dx 52 × 2 parts | dw 80 ≈ 47–50 µs against the default's 55.3, if dx's per-SM rate holds beside dw on 80 SMs.
 TEST_F(RouterGemmTest, BwdSideBySideBalanceAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  using C = detail::RouterGemmConfig;
-  static const C dx64{64, 256, 64, 2, 1, 5};
-  static const C dw6c2{128, 256, 64, 2, 6, 3}, dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
   OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
                     {"dx 68 p2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64, &dw4c2, 68, true, 2},
                     {"dx 52 p1 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 1},
@@ -2428,8 +2427,6 @@ TEST_F(RouterGemmTest, BwdSideBySideBalanceAB) {
 // (the same MMA work, half the w bytes landing per SM).
 TEST_F(RouterGemmTest, BwdDxAloneAblationAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  using C = detail::RouterGemmConfig;
-  static const C dx64{64, 256, 64, 2, 1, 5}, dx128{128, 256, 64, 2, 1, 3};
   const int S = kRgSkipStore, L = kRgSkipLoad, M = kRgSkipMma;
   std::vector<OneLaunchAB::Opt> opts;
   for (const auto& [cfg, tag, parts] : {std::tuple{&dx64, "64 tok", 0}, std::tuple{&dx128, "128 tok p2", 0},
@@ -2451,9 +2448,6 @@ TEST_F(RouterGemmTest, BwdDxAloneAblationAB) {
 // 52 × 2 parts): dx 52 p2 | dw 80 from 54.6 to ≈ 48 µs, bound by dw (45 alone on 80 CTAs).
 TEST_F(RouterGemmTest, BwdDxGPrefetchAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  using C = detail::RouterGemmConfig;
-  static const C dx64{64, 256, 64, 2, 1, 5};
-  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw6c2{128, 256, 64, 2, 6, 3};
   const int N = kRgNoGPrefetch;
   OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
                     {"side by side, no g prefetch", -1, N, 0, true, true, true},
@@ -2476,9 +2470,6 @@ TEST_F(RouterGemmTest, BwdDxGPrefetchAB) {
 // on the busiest CTAs: ≈ 17.2 µs a 128-token unit of 1024 columns, no faster than two 64-token units).
 TEST_F(RouterGemmTest, BwdDx128SideBySideAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  using C = detail::RouterGemmConfig;
-  static const C dx128{128, 256, 64, 2, 1, 3};
-  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
   OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
                     {"dx128 68 p2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx128, &dw4c2, 68, true, 2},
                     {"dx128 52 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx128, &dw5c1, 52, true, 2},
@@ -2497,7 +2488,6 @@ TEST_F(RouterGemmTest, BwdNcuTargets) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   if (!std::getenv("KILN_RG_NCU")) GTEST_SKIP() << "no $KILN_RG_NCU";
   using C = detail::RouterGemmConfig;
-  static const C dx64{64, 256, 64, 2, 1, 5}, dx128{128, 256, 64, 2, 1, 3}, dw4c2{128, 256, 64, 2, 4, 3};
   Runtime& r = rt();
   BwdIssueBuffers b(r, mix_seed({0xbc1}), mix_seed({0xbc2}), mix_seed({0xbc3}));
   const int64_t T = b.T, K = b.K, E = b.E;
@@ -2531,18 +2521,16 @@ TEST_F(RouterGemmTest, BwdNcuTargets) {
 TEST_F(RouterGemmTest, BwdDxStagesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   using C = detail::RouterGemmConfig;
-  static const C dx64s5{64, 256, 64, 2, 1, 5}, dx64s6{64, 256, 64, 2, 1, 6};
-  static const C dx128s3{128, 256, 64, 2, 1, 3}, dx128s4{128, 256, 64, 2, 1, 4}, dx128s5{128, 256, 64, 2, 1, 5};
-  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
+  static const C dx64s6{64, 256, 64, 2, 1, 6}, dx128s4{128, 256, 64, 2, 1, 4}, dx128s5{128, 256, 64, 2, 1, 5};
   OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
-                    {"dx64 s5 alone (every SM)", 2, 0, 0, true, false, false, &dx64s5},
+                    {"dx64 s5 alone (every SM)", 2, 0, 0, true, false, false, &dx64},
                     {"dx64 s6 (unstaged) alone", 2, 0, 0, true, false, false, &dx64s6},
-                    {"dx128 s3 p2 alone (every SM)", 2, 0, 0, true, false, false, &dx128s3, nullptr, 0, false, 2},
+                    {"dx128 s3 p2 alone (every SM)", 2, 0, 0, true, false, false, &dx128, nullptr, 0, false, 2},
                     {"dx128 s4 (unstaged) p2 alone", 2, 0, 0, true, false, false, &dx128s4, nullptr, 0, false, 2},
                     {"dx128 s5 (unstaged) p2 alone", 2, 0, 0, true, false, false, &dx128s5, nullptr, 0, false, 2},
-                    {"dx64 s5 52 p2 alone", 2, 0, 0, true, false, false, &dx64s5, nullptr, 52, false, 2},
+                    {"dx64 s5 52 p2 alone", 2, 0, 0, true, false, false, &dx64, nullptr, 52, false, 2},
                     {"dx64 s6 52 p2 alone", 2, 0, 0, true, false, false, &dx64s6, nullptr, 52, false, 2},
-                    {"dx128 s3 52 p2 alone", 2, 0, 0, true, false, false, &dx128s3, nullptr, 52, false, 2},
+                    {"dx128 s3 52 p2 alone", 2, 0, 0, true, false, false, &dx128, nullptr, 52, false, 2},
                     {"dx128 s5 52 p2 alone", 2, 0, 0, true, false, false, &dx128s5, nullptr, 52, false, 2},
                     {"dx128 s5 68 p2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx128s5, &dw4c2, 68, true, 2},
                     {"dx128 s5 52 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx128s5, &dw5c1, 52, true, 2},
@@ -2576,9 +2564,6 @@ TEST_F(RouterGemmTest, BwdDxRingDepthAB) {
 // dw's 5 ranges (45 alone) ≈ 50 against the op's 55.3.
 TEST_F(RouterGemmTest, BwdDxRangesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  using C = detail::RouterGemmConfig;
-  static const C dx64{64, 256, 64, 2, 1, 5};
-  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
   OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
                     {"dx 52 p2 | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, 2},
                     {"dx 52 ranges | dw 5 ranges c1 (80)", 2, 0, 0, true, true, false, &dx64, &dw5c1, 52, true, -1},
@@ -2598,8 +2583,7 @@ TEST_F(RouterGemmTest, BwdDxRangesAB) {
 TEST_F(RouterGemmTest, BwdSideBySideMulticastAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   using C = detail::RouterGemmConfig;
-  static const C dx64{64, 256, 64, 2, 1, 5}, dx64c2{64, 256, 64, 2, 2, 5}, dx64c4{64, 256, 64, 2, 4, 5};
-  static const C dw5c1{128, 256, 64, 1, 5, 3}, dw4c2{128, 256, 64, 2, 4, 3};
+  static const C dx64c2{64, 256, 64, 2, 2, 5}, dx64c4{64, 256, 64, 2, 4, 5};
   OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
                     {"dx 68 c1 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64, &dw4c2, 68, true},
                     {"dx 68 c2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64c2, &dw4c2, 68, true},
