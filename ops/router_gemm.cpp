@@ -580,6 +580,14 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
          {kFwd90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
           kDwTmaF16, kW16, kBwdTma})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
+  // The side-by-side backward's dx kernel with w by multicast to clusters of 2 (router_gemm_side_by_side_plan, where
+  // dw runs in clusters of 2 by default: E > 128): the one kernel listed twice, so that prewarm compiles both forms
+  // (the tuner times one entry per kernel and shape).
+  if (has_wgmma(arch) && E > 128 && E <= 256) {
+    Specialization s = spec(arch, kDxTma, K, E);
+    s.config[C_WN] = 2;
+    out.push_back(s);
+  }
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -887,14 +895,15 @@ struct DwTmaPlan {
 };
 // The TMA dw's tiles of 128 experts × 256 columns (its grid's x; × the T ranges in y).
 int64_t dw_tma_tiles(int64_t K, int64_t E) { return ((E + 127) / 128) * ((K + 255) / 256); }
-DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
+DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms, int cluster = 0) {
   DwTmaPlan p;
   if (T <= 0) return p;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   const int64_t tiles = dw_tma_tiles(K, E), chunks = (T + 63) / 64;
   int64_t ranges = std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
   ranges = std::min(ranges, chunks);
-  p.cluster = static_cast<int>(std::min<int64_t>(ranges, s.config[C_WM]));
+  // (cluster > 0: the side-by-side plan's, in place of the config's wm; the kernel takes its cluster at run time)
+  p.cluster = static_cast<int>(std::min<int64_t>(ranges, cluster > 0 ? cluster : s.config[C_WM]));
   p.groups = static_cast<int>((ranges + p.cluster - 1) / p.cluster);
   p.ranges = p.groups * p.cluster;  // the last ranges may be empty (rows past T): they add zeros
   p.rows = static_cast<int>((chunks + p.ranges - 1) / p.ranges * 64);
@@ -982,6 +991,10 @@ detail::RouterGemmSideBySide detail::router_gemm_side_by_side_plan(int64_t K, in
   if (2 * tiles * r > sms) return p;  // one range of dw's tiles takes more than half the SMs: no split
   p.dw_sms = static_cast<int>(tiles * r);
   p.dx_ctas = sms - p.dw_sms;
+  if (r == 4 && dw_cluster == 2) {  // (session 27, 8192 × 2048 → 256: 53.7 against 55.4 µs; H200 52.1 against 53.9)
+    p.dw_cluster = 4;
+    p.dx_cluster = 2;
+  }
   return p;
 }
 
@@ -1081,9 +1094,17 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     RouterGemmSideBySide sbs;  // (variant 4 with dx and dw: dx's CTAs capped, dw's ranges from the SMs left)
     if (!one && dw.defined()) {
       if (!sdw.family) sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
-      if (variant == 4 && dx.defined())
+      if (variant == 4 && dx.defined()) {
         sbs = router_gemm_side_by_side_plan(K, E, sm_count(rt), sdw.config[C_WM]);
-      plan = dw_tma_plan(sdw, T, sbs.dx_ctas > 0 ? sbs.dw_sms : sm_count(rt));
+        // (both or neither: dw's clusters of 4 need dx in pairs; not where dx's config cannot take pairs — the fp16
+        // pass's 128-token units — nor where a config is forced, nor under the measurement switch)
+        Specialization pair = pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, nullptr);
+        pair.config[C_WN] = 2;
+        if (force_dw || force_dx || !valid(pair) ||
+            (router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSbsOwnClusters))
+          sbs.dw_cluster = sbs.dx_cluster = 0;
+      }
+      plan = dw_tma_plan(sdw, T, sbs.dx_ctas > 0 ? sbs.dw_sms : sm_count(rt), sbs.dw_cluster);
     }
     const int64_t part_elems = dw.defined() ? plan.workspace_elems : 0;
     const int64_t need = part_elems + (f16_dx ? w16_elems(K, E) : 0);
@@ -1105,6 +1126,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     Specialization sdx;
     if (dx.defined()) {
       sdx = one ? sone : pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, force_dx);
+      if (sbs.dx_cluster > 0) sdx.config[C_WN] = sbs.dx_cluster;  // side by side: w by multicast (checked above)
       RouterGemmDxTmaArgs& a = ax;
       if (f16_dx) {  // w → w16 (fp16, column scales 2^−c_k) and 2^c_k; the dx kernel waits for it (PDL)
         void* w16 = ws + part_elems;

@@ -55,6 +55,10 @@ extern std::atomic<int> router_gemm_dx_parts_force;
 // cap, for K × E on `sms` SMs with dw in clusters of `dw_cluster`. dx_ctas 0: no split (dw's tiles fill the GPU).
 struct RouterGemmSideBySide {
   int dw_sms = 0, dx_ctas = 0;
+  // Session 27: where dw's ranges are exactly 4 (from clusters of 2), all 4 in one cluster (the DSMEM sum covers every
+  // range: no partials, no dw_reduce) and dx's w by multicast to clusters of 2 (beside dx's CTAs in clusters of 1 the
+  // clusters of 4 could not all be placed: +16 µs). 0: the kernels' own configs.
+  int dw_cluster = 0, dx_cluster = 0;
 };
 RouterGemmSideBySide router_gemm_side_by_side_plan(int64_t K, int64_t E, int sms, int dw_cluster);
 // Whether the backward's default at precision standard (dx and dw both wanted) runs side by side with plan `p`: T

@@ -158,22 +158,28 @@ std::vector<Specialization> enumerated(int K, int E, const char* arch) {
 
 TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   const auto specs = enumerated(2048, 256, "sm_90a");
-  ASSERT_EQ(specs.size(), 16u);
+  ASSERT_EQ(specs.size(), 17u);
   std::set<uint32_t> kernels;
   for (const auto& s : specs) kernels.insert(s.kernel);
+  // The last: the TMA dx kernel (6) again, with w by multicast to clusters of 2 (the side-by-side backward's form).
+  EXPECT_EQ(specs.back().kernel, 6u);
+  EXPECT_EQ(specs.back().config[4], 2);
+  EXPECT_NE(specs.back().key().hex(), specs[6].key().hex());
   // 4–15: the wgmma kernels, sm_90a only (6–9: the TMA backward from bf16(g) or hi + lo; 11: the forward over expert
   // pairs, E % 16 == 0; 12–14: the TMA backward's fp16 pass and its w operand prep; 15: the backward in one launch,
   // precision standard).
   EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}));
   std::set<std::pair<uint32_t, int64_t>> keys;  // one entry per kernel and shape (the tuning database's key)
-  for (const auto& s : specs) EXPECT_TRUE(keys.insert({s.kernel, s.params[0] * 4096 + s.params[1]}).second);
+  for (size_t i = 0; i + 1 < specs.size(); ++i)
+    EXPECT_TRUE(keys.insert({specs[i].kernel, specs[i].params[0] * 4096 + specs[i].params[1]}).second);
   EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
   EXPECT_EQ(enumerated(2048, 256, "sm_100a").size(), 4u);
   EXPECT_EQ(enumerated(2048, 384, "sm_90a").size(), 4u);  // E > 256: mma.sync only
   EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
   EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
+  EXPECT_EQ(enumerated(2048, 128, "sm_90a").size(), 16u);  // E ≤ 128: dw in clusters of 1, no multicast dx form
   const auto ds = enumerated(7168, 256, "sm_90a");
-  ASSERT_EQ(ds.size(), 16u);
+  ASSERT_EQ(ds.size(), 17u);
   EXPECT_EQ(ds[0].params[0], 7168);
   EXPECT_EQ(ds[0].params[1], 256);
 }
@@ -206,7 +212,7 @@ TEST(RouterGemmFamily, SearchSpacesHoldTheDefaultAndFit) {
 
 // The backward's side-by-side plan (variant 4): dw in whole T ranges of its 128 × 256 tiles on about half the SMs (an
 // even count of ranges for clusters of 2, at most 8), dx on the rest; no split where one range of dw's tiles takes
-// more than half the SMs.
+// more than half the SMs. Exactly 4 ranges from clusters of 2: one cluster of 4 and dx in multicast pairs (session 27).
 TEST(RouterGemmSideBySide, PlanSplitsTheSmsInWholeRanges) {
   using detail::router_gemm_side_by_side_plan;
   struct Case {
@@ -230,12 +236,19 @@ TEST(RouterGemmSideBySide, PlanSplitsTheSmsInWholeRanges) {
     const detail::RouterGemmSideBySide p = router_gemm_side_by_side_plan(c.K, c.E, c.sms, c.cluster);
     EXPECT_EQ(p.dw_sms, c.dw_sms);
     EXPECT_EQ(p.dx_ctas, c.dx_ctas);
+    const int64_t tiles = ((c.E + 127) / 128) * ((c.K + 255) / 256);
     if (p.dx_ctas > 0) {
       EXPECT_EQ(p.dw_sms + p.dx_ctas, c.sms);
-      const int64_t tiles = ((c.E + 127) / 128) * ((c.K + 255) / 256);
       EXPECT_EQ(p.dw_sms % tiles, 0) << "whole T ranges";
     }
+    // Exactly 4 ranges from clusters of 2 (here: 2048 → 256 and 1536 → 160 on 132 SMs): one cluster of 4, dx by
+    // multicast in pairs; else the kernels' own clusters.
+    const bool four = p.dx_ctas > 0 && p.dw_sms == 4 * tiles && c.cluster == 2;
+    EXPECT_EQ(p.dw_cluster, four ? 4 : 0);
+    EXPECT_EQ(p.dx_cluster, four ? 2 : 0);
   }
+  EXPECT_EQ(router_gemm_side_by_side_plan(2048, 256, 132, 2).dw_cluster, 4);
+  EXPECT_EQ(router_gemm_side_by_side_plan(1536, 160, 132, 2).dw_cluster, 4);
 }
 
 // The backward's default arrangement at precision standard: side by side up to T + K/2 = 9216 on 132 SMs (scaled by

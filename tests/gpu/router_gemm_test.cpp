@@ -2102,7 +2102,8 @@ struct BwdIssueBuffers {
 // call after an L2 flush per mode, dx and dw stamps on one time base (µs after the first dx CTA's entry). dx: entry,
 // the producer's first TMA, A tile ready, last stage landed, MMAs done, last store issued, stores read out, exit;
 // dw: entry, first TMA, first / last stage landed, MMAs done, epilogue done, after the last cluster barrier, exit.
-// The traced outputs must equal the untraced ones bit for bit. Modes: the two kernels (variant 2) and the one-launch
+// The traced outputs must equal the untraced ones bit for bit. Modes: side by side (variant 4, the default here since
+// session 25; added in session 27), the two kernels (variant 2) and the one-launch
 // kernel (variant 3) with its default option and without it (session 9's path). Session 10 added per-block dx stamps
 // (a block's first stage landed, its MMAs done) and dw's staging cluster barrier (bench/NOTES.md).
 TEST_F(RouterGemmTest, BwdTmaTimeline) {
@@ -2130,7 +2131,8 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     int om = 0;                       // kRgOne* (measurement switches of the one launch)
   };
   const int ex = kRgOneExplicit;
-  for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch (default: w prefetched near dw's end)", {}, {}, 3},
+  for (const Mode m : {Mode{"side by side (the default at this shape)", {}, {}, 4}, Mode{"two kernels", {}, {}},
+                       Mode{"one launch (default: w prefetched near dw's end)", {}, {}, 3},
                        Mode{"one launch, session 9's path (no options)", {}, {}, 3, ex},
                        Mode{"one launch (default) again", {}, {}, 3}}) {
     SCOPED_TRACE(m.name);
@@ -2334,6 +2336,7 @@ void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref, Shap
     call(o);
     synchronize();
     EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "dx differs";
+    if (!o.dw) continue;  // (dx alone)
     const std::vector<float> dw1 = dwb.download<float>(E * K);
     if (o.same_bits) {
       EXPECT_TRUE(bitwise_equal("dw", dw1, dw0));
@@ -2593,6 +2596,47 @@ TEST_F(RouterGemmTest, BwdSideBySideMulticastAB) {
                     {"dx 68 c2 alone", 2, 0, 0, true, false, false, &dx64c2, nullptr, 68},
                     {"dx 68 c1 alone", 2, 0, 0, true, false, false, &dx64, nullptr, 68},
                     {"side by side (op default) again", -1, 0, 0, true, true, true}});
+}
+
+// Measurement (prints; checks bits), session 27: side by side with dw's 4 T ranges in one cluster of 4 a tile (the
+// DSMEM sum covers every range: no partials, no dw_reduce kernel) against clusters of 2 (two groups, dw_reduce), each
+// with dx's w by multicast to clusters of 2 or not (session 27's first run: dx c2 −0.70 µs against the default, faster
+// in 83 % of 24 rounds); dw alone in both forms. The risk: dw's clusters of 4 may not all find 4 free SMs of one GPC
+// beside dx's CTAs.
+TEST_F(RouterGemmTest, BwdSideBySideDwClusterAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dx64c2{64, 256, 64, 2, 2, 5}, dw4c4{128, 256, 64, 4, 4, 3};
+  OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                    {"dx 68 c1 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64, &dw4c2, 68, true},
+                    {"dx 68 c2 | dw 4 ranges c2 (64)", 2, 0, 0, true, true, false, &dx64c2, &dw4c2, 68, true},
+                    {"dx 68 c1 | dw 4 ranges c4 (64)", 2, 0, 0, true, true, false, &dx64, &dw4c4, 68, true},
+                    {"dx 68 c2 | dw 4 ranges c4 (64)", 2, 0, 0, true, true, false, &dx64c2, &dw4c4, 68, true},
+                    {"dw 4 ranges c2 alone", 2, 0, 0, false, true, false, nullptr, &dw4c2, 0},
+                    {"dw 4 ranges c4 alone", 2, 0, 0, false, true, false, nullptr, &dw4c4, 0},
+                    {"side by side (op default) again", -1, 0, 0, true, true, true}},
+                   ab_rounds());
+}
+
+// Measurement (prints; checks bits), session 27: side by side as router_gemm_side_by_side_plan now arranges it where
+// dw has exactly 4 ranges (one cluster of 4, dx in multicast pairs) against the kernels' own clusters
+// (kRgSbsOwnClusters: dw in clusters of 2 + dw_reduce, dx without multicast), at each shape of $KILN_RG_SBS_SHAPES
+// ("TxKxE,…"; default: 8192, 4096, 1024 × 2048 → 256 and 4096 × 1536 → 160). dx equal bit for bit, dw within
+// 4·√T·2⁻²⁴ (another grouping of the same ranges).
+TEST_F(RouterGemmTest, BwdSideBySideClustersShapesAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const char* env = std::getenv("KILN_RG_SBS_SHAPES");
+  const std::string shapes = env && *env ? env : "8192x2048x256,4096x2048x256,1024x2048x256,4096x1536x160";
+  for (const std::string& part : split_on(shapes, ',')) {
+    Shape sh{};
+    ASSERT_EQ(std::sscanf(part.c_str(), "%ldx%ldx%ld", &sh.T, &sh.K, &sh.E), 3) << "expected TxKxE, got " << part;
+    SCOPED_TRACE(part);
+    OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                      {"side by side, own clusters", -1, kRgSbsOwnClusters, 0, true, true, false, nullptr, nullptr, 0,
+                       true},
+                      {"side by side (op default) again", -1, 0, 0, true, true, true}},
+                     ab_rounds(), 0, sh, part + " ");
+  }
 }
 
 // Measurement (prints; checks bits): the backward at precision standard by the one launch (variant 3), the two
