@@ -2639,6 +2639,26 @@ TEST_F(RouterGemmTest, BwdSideBySideClustersShapesAB) {
   }
 }
 
+// Measurement (prints; checks bits), session 27: the configs around the new side-by-side default at 8192 × 2048 →
+// 256 (dx 68 CTAs in multicast pairs, 5 stages | dw 4 ranges in one cluster of 4, 3 stages of 64 tokens): dx in
+// clusters of 4 or with 4 stages; dw with 2 stages or 32-token chunks (5 / 6 stages).
+TEST_F(RouterGemmTest, BwdSideBySideC4ConfigsAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  using C = detail::RouterGemmConfig;
+  static const C dxc2{64, 256, 64, 2, 2, 5}, dxc4{64, 256, 64, 2, 4, 5}, dxc2s4{64, 256, 64, 2, 2, 4},
+      dw3{128, 256, 64, 4, 4, 3}, dw2{128, 256, 64, 4, 4, 2}, dw32s5{128, 256, 32, 4, 4, 5},
+      dw32s6{128, 256, 32, 4, 4, 6};
+  OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
+                    {"dx c2 5st | dw c4 3st (the default, forced)", 2, 0, 0, true, true, true, &dxc2, &dw3, 68, true},
+                    {"dx c4 5st | dw c4 3st", 2, 0, 0, true, true, true, &dxc4, &dw3, 68, true},
+                    {"dx c2 4st | dw c4 3st", 2, 0, 0, true, true, true, &dxc2s4, &dw3, 68, true},
+                    {"dx c2 5st | dw c4 2st", 2, 0, 0, true, true, true, &dxc2, &dw2, 68, true},
+                    {"dx c2 5st | dw c4 32-token 5st", 2, 0, 0, true, true, false, &dxc2, &dw32s5, 68, true},
+                    {"dx c2 5st | dw c4 32-token 6st", 2, 0, 0, true, true, false, &dxc2, &dw32s6, 68, true},
+                    {"side by side (op default) again", -1, 0, 0, true, true, true}},
+                   ab_rounds());
+}
+
 // Measurement (prints; checks bits): the backward at precision standard by the one launch (variant 3), the two
 // kernels one after the other (variant 2) and side by side (variant 4), at each shape of $KILN_RG_SBS_SHAPES
 // ("TxKxE,…"; skipped when unset), $KILN_RG_AB_ROUNDS rounds (default 24) through OneLaunchAB::run: dx equal to the
