@@ -1154,7 +1154,12 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) &
                 (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgNoGPrefetch);
     }
-    if (dx.defined() && !one) {
+    // Side by side with one dw group (no dw_reduce behind it; not the fp16 pass, whose dx waits for w16): the dw
+    // kernel — the critical path there — is launched first and the dx kernel behind it with PDL (it never waits;
+    // the dw kernel lets it start at its entry), so dw's CTAs take their SMs and the DRAM first (session 27).
+    const bool dw_first = dx.defined() && dw.defined() && !one && sbs.dx_ctas > 0 && plan.groups == 1 && !f16_dx &&
+                          !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSbsDxFirst);
+    auto launch_dx = [&] {
       const Specialization& s = sdx;
       const int cm = s.config[C_WN];
       RouterGemmDxTmaArgs& a = ax;
@@ -1184,13 +1189,15 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.cluster[0] = static_cast<unsigned>(cm);
       d.block[0] = static_cast<unsigned>(threads(s));
       d.smem = static_cast<unsigned>(smem_bytes(s));
-      d.pdl = f16_dx;  // converts its g rows while the w16 kernel runs; waits for it before w16 / colf
+      d.pdl = f16_dx || dw_first;  // (f16: converts its g rows while the w16 kernel runs; waits for it before w16 /
+                                   // colf; behind dw: never waits)
       impl.launch(s, d, stream, a);
-    }
+    };
+    if (dx.defined() && !one && !dw_first) launch_dx();
     if (dw.defined()) {
       float* partial = plan.workspace_elems > 0 ? ws : nullptr;
       RouterGemmDwTmaArgs a{};
-      const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before
+      const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before (unless dw_first)
       const Specialization& sk = one ? sone : sdw;
       encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, sk.config[C_BK], /*f32=*/true);
       encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, sk.config[C_BK]);
@@ -1234,8 +1241,9 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         b.options = opts;
         impl.launch(sone, d, stream, b);
       } else {
-        d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
+        d.pdl = after_dx && !dw_first;  // overlaps the dx kernel's last CTAs (no data in common: dw never waits)
         impl.launch(sdw, d, stream, a);
+        if (dw_first) launch_dx();
       }
       if (plan.groups > 1 && !(a.flags & kRgSkipStore) && !fused) {  // the groups' sums, added in group order
         const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};

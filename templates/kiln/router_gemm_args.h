@@ -153,6 +153,9 @@ constexpr int kRgXEvictFirst = 1 << 21, kRgNoXEvictFirst = 1 << 22;
 // Measurement (host only; session 27): side by side keeps the dx and dw kernels' own clusters (dx without multicast,
 // dw's ranges in clusters of 2 summed by dw_reduce) instead of router_gemm_side_by_side_plan's.
 constexpr int kRgSbsOwnClusters = 1 << 29;
+// Measurement (host only; session 27): side by side launches the dx kernel first and dw behind it (the order before
+// session 27) where it would launch dw first.
+constexpr int kRgSbsDxFirst = 1 << 30;
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
               kRgSkipLoad = 1 << 17;

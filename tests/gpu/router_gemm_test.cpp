@@ -2639,6 +2639,27 @@ TEST_F(RouterGemmTest, BwdSideBySideClustersShapesAB) {
   }
 }
 
+// Measurement (prints; checks bits), session 27: side by side with the dw kernel launched first and dx behind it by
+// PDL (the default where dw is one group) against dx first (kRgSbsDxFirst) and against session 26's arrangement
+// (kRgSbsOwnClusters: dx first, dw in clusters of 2 + dw_reduce), at each shape of $KILN_RG_SBS_SHAPES (default as
+// BwdSideBySideClustersShapesAB). The same bits as dx first; dw within 4·√T·2⁻²⁴ of the own-clusters arm's.
+TEST_F(RouterGemmTest, BwdSideBySideDwFirstShapesAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const char* env = std::getenv("KILN_RG_SBS_SHAPES");
+  const std::string shapes = env && *env ? env : "8192x2048x256,4096x2048x256,1024x2048x256,4096x1536x160";
+  for (const std::string& part : split_on(shapes, ',')) {
+    Shape sh{};
+    ASSERT_EQ(std::sscanf(part.c_str(), "%ldx%ldx%ld", &sh.T, &sh.K, &sh.E), 3) << "expected TxKxE, got " << part;
+    SCOPED_TRACE(part);
+    OneLaunchAB::run({{"side by side (op default: dw first)", -1, 0, 0, true, true, true},
+                      {"side by side, dx first", -1, kRgSbsDxFirst, 0, true, true, true},
+                      {"side by side, own clusters (session 26)", -1, kRgSbsOwnClusters, 0, true, true, false, nullptr,
+                       nullptr, 0, true},
+                      {"side by side (op default) again", -1, 0, 0, true, true, true}},
+                     ab_rounds(), 0, sh, part + " ");
+  }
+}
+
 // Measurement (prints; checks bits), session 27: the configs around the new side-by-side default at 8192 × 2048 →
 // 256 (dx 68 CTAs in multicast pairs, 5 stages | dw 4 ranges in one cluster of 4, 3 stages of 64 tokens): dx in
 // clusters of 4 or with 4 stages; dw with 2 stages or 32-token chunks (5 / 6 stages).
