@@ -33,6 +33,7 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -2618,6 +2619,20 @@ TEST_F(RouterGemmTest, BwdSideBySideDwClusterAB) {
                    ab_rounds());
 }
 
+// The shapes of $KILN_RG_SBS_SHAPES ("TxKxE,…"), or `dflt` where it is unset: the side-by-side A/Bs' shape list.
+std::vector<std::pair<std::string, Shape>> sbs_shapes(const char* dflt) {
+  const char* env = std::getenv("KILN_RG_SBS_SHAPES");
+  std::vector<std::pair<std::string, Shape>> out;
+  for (const std::string& part : split_on(env && *env ? env : dflt, ',')) {
+    Shape sh{};
+    if (std::sscanf(part.c_str(), "%ldx%ldx%ld", &sh.T, &sh.K, &sh.E) != 3)
+      throw std::invalid_argument("$KILN_RG_SBS_SHAPES: expected TxKxE, got " + part);
+    out.emplace_back(part, sh);
+  }
+  return out;
+}
+constexpr const char* kSbsShapes = "8192x2048x256,4096x2048x256,1024x2048x256,4096x1536x160";
+
 // Measurement (prints; checks bits), session 27: side by side as router_gemm_side_by_side_plan now arranges it where
 // dw has exactly 4 ranges (one cluster of 4, dx in multicast pairs) against the kernels' own clusters
 // (kRgSbsOwnClusters: dw in clusters of 2 + dw_reduce, dx without multicast), at each shape of $KILN_RG_SBS_SHAPES
@@ -2625,11 +2640,7 @@ TEST_F(RouterGemmTest, BwdSideBySideDwClusterAB) {
 // 4·√T·2⁻²⁴ (another grouping of the same ranges).
 TEST_F(RouterGemmTest, BwdSideBySideClustersShapesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const char* env = std::getenv("KILN_RG_SBS_SHAPES");
-  const std::string shapes = env && *env ? env : "8192x2048x256,4096x2048x256,1024x2048x256,4096x1536x160";
-  for (const std::string& part : split_on(shapes, ',')) {
-    Shape sh{};
-    ASSERT_EQ(std::sscanf(part.c_str(), "%ldx%ldx%ld", &sh.T, &sh.K, &sh.E), 3) << "expected TxKxE, got " << part;
+  for (const auto& [part, sh] : sbs_shapes(kSbsShapes)) {
     SCOPED_TRACE(part);
     OneLaunchAB::run({{"side by side (op default)", -1, 0, 0, true, true, true},
                       {"side by side, own clusters", -1, kRgSbsOwnClusters, 0, true, true, false, nullptr, nullptr, 0,
@@ -2645,11 +2656,7 @@ TEST_F(RouterGemmTest, BwdSideBySideClustersShapesAB) {
 // BwdSideBySideClustersShapesAB). The same bits as dx first; dw within 4·√T·2⁻²⁴ of the own-clusters arm's.
 TEST_F(RouterGemmTest, BwdSideBySideDwFirstShapesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const char* env = std::getenv("KILN_RG_SBS_SHAPES");
-  const std::string shapes = env && *env ? env : "8192x2048x256,4096x2048x256,1024x2048x256,4096x1536x160";
-  for (const std::string& part : split_on(shapes, ',')) {
-    Shape sh{};
-    ASSERT_EQ(std::sscanf(part.c_str(), "%ldx%ldx%ld", &sh.T, &sh.K, &sh.E), 3) << "expected TxKxE, got " << part;
+  for (const auto& [part, sh] : sbs_shapes(kSbsShapes)) {
     SCOPED_TRACE(part);
     OneLaunchAB::run({{"side by side (op default: dw first)", -1, 0, 0, true, true, true},
                       {"side by side, dx first", -1, kRgSbsDxFirst, 0, true, true, true},
@@ -2688,9 +2695,7 @@ TEST_F(RouterGemmTest, BwdSideBySideShapesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const char* env = std::getenv("KILN_RG_SBS_SHAPES");
   if (!env || !*env) GTEST_SKIP() << "no $KILN_RG_SBS_SHAPES";
-  for (const std::string& part : split_on(env, ',')) {
-    Shape sh{};
-    ASSERT_EQ(std::sscanf(part.c_str(), "%ldx%ldx%ld", &sh.T, &sh.K, &sh.E), 3) << "expected TxKxE, got " << part;
+  for (const auto& [part, sh] : sbs_shapes(env)) {
     SCOPED_TRACE(part);
     OneLaunchAB::run({{"one launch", 3, 0, 0, true, true, true},
                       {"two kernels", 2, 0, 0, true, true, false, nullptr, nullptr, 0, true},
