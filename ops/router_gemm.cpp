@@ -1074,7 +1074,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
     // One launch for both (variant 3, or the default where it fits) when both are wanted; else the dx and dw kernels.
     bool one = false;
-    Specialization sdw, sone;
+    Specialization sdw, sone, sdx;  // (sdx: the dx kernel's, picked once)
     DwTmaPlan plan;
     bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
     if (one_default && dx.defined() && dw.defined()) {  // side by side where it was measured faster (above)
@@ -1098,7 +1098,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         sbs = router_gemm_side_by_side_plan(K, E, sm_count(rt), sdw.config[C_WM]);
         // (both or neither: dw's clusters of 4 need dx in pairs; not where dx's config cannot take pairs — the fp16
         // pass's 128-token units — nor where a config is forced, nor under the measurement switch)
-        Specialization pair = pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, nullptr);
+        sdx = pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, force_dx);  // (variant 4: never `one`)
+        Specialization pair = sdx;
         pair.config[C_WN] = 2;
         if (force_dw || force_dx || !valid(pair) ||
             (router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSbsOwnClusters))
@@ -1123,9 +1124,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       }
     }
     RouterGemmDxTmaArgs ax{};  // (also the one-launch kernel's dx part)
-    Specialization sdx;
     if (dx.defined()) {
-      sdx = one ? sone : pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, force_dx);
+      if (!sdx.family) sdx = one ? sone : pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, force_dx);
       if (sbs.dx_cluster > 0) sdx.config[C_WN] = sbs.dx_cluster;  // side by side: w by multicast (checked above)
       RouterGemmDxTmaArgs& a = ax;
       if (f16_dx) {  // w → w16 (fp16, column scales 2^−c_k) and 2^c_k; the dx kernel waits for it (PDL)
