@@ -223,6 +223,16 @@ kiln::BatchNormOptions norm_of(const kiln_batch_norm_options* o) {
   return r;
 }
 
+static_assert(int(kiln::GatedActivation::silu) == 0 && int(kiln::GatedActivation::gelu) == 1,
+              "the C option numbers name the C++ enums");
+
+kiln::GatedActivation activation_of(int activation, const char* op) {
+  if (activation != int(kiln::GatedActivation::silu) && activation != int(kiln::GatedActivation::gelu))
+    throw kiln::InvalidArgument(std::string(op) + ": argument 'activation': expected 0 (silu) or 1 (gelu), got " +
+                                std::to_string(activation));
+  return static_cast<kiln::GatedActivation>(activation);
+}
+
 // The list of a batch reduction: count descriptors, xs[i] named in messages.
 std::vector<kiln::TensorRef> list_of(const kiln_tensor* xs, int64_t count, const char* op) {
   if (count < 0)
@@ -651,6 +661,16 @@ kiln_status kiln_batch_count_zero(kiln_runtime* rt, const kiln_tensor* xs, int64
   return guarded([&] {
     constexpr const char* op = "kiln_batch_count_zero";
     kiln::batch_count_zero(rt_of(rt), list_of(xs, count, op), tr(out, op, "out"), st(stream));
+  });
+}
+
+kiln_status kiln_fused_gated_mlp(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* gate_weight,
+                                 const kiln_tensor* up_weight, const kiln_tensor* out, int activation, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fused_gated_mlp";
+    const kiln::GatedActivation act = activation_of(activation, op);
+    kiln::fused_gated_mlp(rt_of(rt), tr(x, op, "x"), tr(gate_weight, op, "gate_weight"),
+                          tr(up_weight, op, "up_weight"), tr(out, op, "out"), act, st(stream));
   });
 }
 

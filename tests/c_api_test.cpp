@@ -356,6 +356,35 @@ TEST(CApi, BatchReduceAndBlockQuantPermuteErrorsNameTheArgument) {
                     KILN_ERROR_UNSUPPORTED_DTYPE, "q"));
 }
 
+// The fused gated MLP: an activation outside the enum (checked by the C layer), null arguments, and the op's own
+// shape / dtype checks through the descriptors.
+TEST(CApi, GatedMlpErrorsNameTheArgument) {
+  Handle h;
+  constexpr int64_t M = 100, H = 256, I = 384;
+  const kiln_tensor x = desc(KILN_BF16, {M, H}), w = desc(KILN_BF16, {I, H}), out = desc(KILN_BF16, {M, I});
+  for (int bad : {-1, 2, 99})
+    EXPECT_TRUE(fails(kiln_fused_gated_mlp(h.rt, &x, &w, &w, &out, bad, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                      "activation"))
+        << bad;
+  EXPECT_TRUE(fails(kiln_fused_gated_mlp(nullptr, &x, &w, &w, &out, 0, nullptr), KILN_ERROR_INVALID_ARGUMENT, "rt"));
+  // A missing required tensor (NULL descriptor) fails naming it.
+  EXPECT_NE(kiln_fused_gated_mlp(h.rt, nullptr, &w, &w, &out, 0, nullptr), KILN_OK);
+  EXPECT_NE(std::string(kiln_last_error()).find("'x'"), std::string::npos) << kiln_last_error();
+  EXPECT_NE(kiln_fused_gated_mlp(h.rt, &x, nullptr, &w, &out, 0, nullptr), KILN_OK);
+  EXPECT_NE(std::string(kiln_last_error()).find("'gate_weight'"), std::string::npos) << kiln_last_error();
+  EXPECT_NE(kiln_fused_gated_mlp(h.rt, &x, &w, nullptr, &out, 1, nullptr), KILN_OK);
+  EXPECT_NE(std::string(kiln_last_error()).find("'up_weight'"), std::string::npos) << kiln_last_error();
+  EXPECT_NE(kiln_fused_gated_mlp(h.rt, &x, &w, &w, nullptr, 1, nullptr), KILN_OK);
+  EXPECT_NE(std::string(kiln_last_error()).find("'out'"), std::string::npos) << kiln_last_error();
+  // The op's checks: up_weight of another shape, out in another dtype, weights in another dtype.
+  const kiln_tensor w2 = desc(KILN_BF16, {I / 2, H}), out32 = desc(KILN_F32, {M, I}), w16 = desc(KILN_F16, {I, H});
+  EXPECT_TRUE(fails(kiln_fused_gated_mlp(h.rt, &x, &w, &w2, &out, 0, nullptr), KILN_ERROR_SHAPE_MISMATCH,
+                    "up_weight"));
+  EXPECT_TRUE(fails(kiln_fused_gated_mlp(h.rt, &x, &w, &w, &out32, 0, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE, "out"));
+  EXPECT_TRUE(fails(kiln_fused_gated_mlp(h.rt, &x, &w16, &w, &out, 0, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE,
+                    "gate_weight"));
+}
+
 TEST(CApi, ValidCallWithoutADriverIsADeviceError) {
   if (kiln::detail::driver_available()) GTEST_SKIP() << "a driver is present";
   Handle h;
@@ -459,6 +488,12 @@ TEST(CApi, ValidCallsOfEveryFamilyReachTheDevice) {
     const kiln_moe_block_quant_permute_outputs o{&q, &qs, &qT, &qTs, &po};
     const kiln_moe_permute_options cpo{k, P, 0, 1, 0};
     dev(kiln_moe_permute_block_quant(h.rt, &x, &probs, &map, &o, &cpo, nullptr), "bq permute");
+  }
+  {
+    constexpr int64_t M = 100, H = 256, I = 384;
+    const kiln_tensor x = desc(KILN_BF16, {M, H}), w = desc(KILN_BF16, {I, H}), out = desc(KILN_BF16, {M, I});
+    dev(kiln_fused_gated_mlp(h.rt, &x, &w, &w, &out, 0, nullptr), "gated mlp silu");
+    dev(kiln_fused_gated_mlp(h.rt, &x, &w, &w, &out, 1, nullptr), "gated mlp gelu");
   }
 }
 }  // namespace

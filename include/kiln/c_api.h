@@ -284,6 +284,12 @@ kiln_status kiln_batch_sum_with_ord(kiln_runtime* rt, const kiln_tensor* xs, int
 kiln_status kiln_batch_count_zero(kiln_runtime* rt, const kiln_tensor* xs, int64_t count, const kiln_tensor* out,
                                   void* stream);
 
+/* kiln/ops/gated_mlp.hpp: out = act(x · gate_weightᵀ) ⊙ (x · up_weightᵀ), x [M, H] or [B, S, H], weights [I, H],
+ * out [M, I] or [B, S, I], all in x's dtype (bf16, f16 or f32). activation: 0 silu, 1 gelu (kiln::GatedActivation;
+ * other values: KILN_ERROR_INVALID_ARGUMENT naming 'activation'). sm_90 only (elsewhere KILN_ERROR_DEVICE). */
+kiln_status kiln_fused_gated_mlp(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* gate_weight,
+                                 const kiln_tensor* up_weight, const kiln_tensor* out, int activation, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

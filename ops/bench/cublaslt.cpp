@@ -40,7 +40,9 @@ struct LtHeuristic {                            // cublasLtMatmulHeuristicResult
 };
 constexpr int kLtSuccess = 0;                   // CUBLAS_STATUS_SUCCESS
 constexpr int kLtCompute32F = 68;               // CUBLAS_COMPUTE_32F
+constexpr int kLtCompute32FFastTf32 = 77;       // CUBLAS_COMPUTE_32F_FAST_TF32
 constexpr int kLtR32F = 0;                      // CUDA_R_32F
+constexpr int kLtR16F = 2;                      // CUDA_R_16F
 constexpr int kLtR16BF = 14;                    // CUDA_R_16BF
 constexpr int32_t kLtOpN = 0, kLtOpT = 1;       // CUBLAS_OP_N / _T
 constexpr int kLtDescTransA = 3, kLtDescTransB = 4;  // CUBLASLT_MATMUL_DESC_TRANSA / _TRANSB
@@ -49,8 +51,9 @@ constexpr int kLtAlgoConfigId = 0;              // CUBLASLT_ALGO_CONFIG_ID
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 
 #ifdef KILN_HAVE_CUBLASLT_H
-static_assert(kLtSuccess == CUBLAS_STATUS_SUCCESS && kLtCompute32F == CUBLAS_COMPUTE_32F && kLtR32F == CUDA_R_32F &&
-              kLtR16BF == CUDA_R_16BF && kLtOpN == CUBLAS_OP_N && kLtOpT == CUBLAS_OP_T &&
+static_assert(kLtSuccess == CUBLAS_STATUS_SUCCESS && kLtCompute32F == CUBLAS_COMPUTE_32F &&
+              kLtCompute32FFastTf32 == CUBLAS_COMPUTE_32F_FAST_TF32 && kLtR32F == CUDA_R_32F &&
+              kLtR16F == CUDA_R_16F && kLtR16BF == CUDA_R_16BF && kLtOpN == CUBLAS_OP_N && kLtOpT == CUBLAS_OP_T &&
               kLtDescTransA == CUBLASLT_MATMUL_DESC_TRANSA && kLtDescTransB == CUBLASLT_MATMUL_DESC_TRANSB &&
               kLtPrefMaxWorkspace == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES &&
               kLtAlgoConfigId == CUBLASLT_ALGO_CONFIG_ID);
@@ -125,6 +128,16 @@ const LoadedLt& loaded_lt() {
   return l;
 }
 
+// cudaDataType_t of an element type (-1: not one a CublasLtGemm takes).
+int lt_type(DType t) {
+  switch (t) {
+    case DType::bf16: return kLtR16BF;
+    case DType::f16: return kLtR16F;
+    case DType::f32: return kLtR32F;
+    default: return -1;
+  }
+}
+
 }  // namespace
 
 struct CublasLtGemm::Impl {
@@ -148,7 +161,17 @@ struct CublasLtGemm::Impl {
   }
 };
 
-CublasLtGemm::CublasLtGemm(int64_t T, int64_t K, int64_t E) : impl_(std::make_unique<Impl>()) {
+CublasLtGemm::CublasLtGemm(int64_t T, int64_t K, int64_t E) : CublasLtGemm(T, K, E, CublasLtGemmOptions{}) {}
+
+CublasLtGemm::CublasLtGemm(int64_t T, int64_t K, int64_t E, const CublasLtGemmOptions& opts)
+    : impl_(std::make_unique<Impl>()) {
+  const int ab_type = lt_type(opts.ab), d_type = lt_type(opts.d);
+  if (ab_type < 0 || d_type < 0) {
+    why_ = fmt::format("CublasLtGemm: unsupported element types ({} inputs, {} output)", dtype_name(opts.ab),
+                       dtype_name(opts.d));
+    return;
+  }
+  const bool fast_tf32 = opts.ab == DType::f32 && opts.tf32;
   const LoadedLt& lt = loaded_lt();
   if (!lt.error.empty()) {
     why_ = lt.error;
@@ -162,14 +185,16 @@ CublasLtGemm::CublasLtGemm(int64_t T, int64_t K, int64_t E) : impl_(std::make_un
     return why_.empty();
   };
   if (!ok(api.create(&m.handle), "cublasLtCreate")) return;
-  if (!ok(api.desc_create(&m.desc, kLtCompute32F, kLtR32F), "cublasLtMatmulDescCreate")) return;
+  if (!ok(api.desc_create(&m.desc, fast_tf32 ? kLtCompute32FFastTf32 : kLtCompute32F, kLtR32F),
+          "cublasLtMatmulDescCreate"))
+    return;
   if (!ok(api.desc_set(m.desc, kLtDescTransA, &kLtOpT, sizeof(kLtOpT)), "set TRANSA") ||
       !ok(api.desc_set(m.desc, kLtDescTransB, &kLtOpN, sizeof(kLtOpN)), "set TRANSB"))
     return;
   // Column-major views: A = w as K × E (ld K, transposed to E × K), B = x as K × T (ld K), D = logits as E × T (ld E).
-  if (!ok(api.layout_create(&m.a, kLtR16BF, K, E, K), "layout A") ||
-      !ok(api.layout_create(&m.b, kLtR16BF, K, T, K), "layout B") ||
-      !ok(api.layout_create(&m.d, kLtR32F, E, T, E), "layout D"))
+  if (!ok(api.layout_create(&m.a, ab_type, K, E, K), "layout A") ||
+      !ok(api.layout_create(&m.b, ab_type, K, T, K), "layout B") ||
+      !ok(api.layout_create(&m.d, d_type, E, T, E), "layout D"))
     return;
   m.workspace_bytes = kWorkspaceBytes;
   m.workspace = device_alloc(m.workspace_bytes);
@@ -190,7 +215,7 @@ CublasLtGemm::CublasLtGemm(int64_t T, int64_t K, int64_t E) : impl_(std::make_un
   int32_t id = -1;
   size_t written = 0;
   api.algo_config_get(&m.algo, kLtAlgoConfigId, &id, sizeof(id), &written);
-  desc_ = fmt::format("cuBLASLt {}, algo {}", api.get_version(), id);
+  desc_ = fmt::format("cuBLASLt {}, algo {}{}", api.get_version(), id, fast_tf32 ? ", COMPUTE_32F_FAST_TF32" : "");
 }
 
 CublasLtGemm::~CublasLtGemm() = default;

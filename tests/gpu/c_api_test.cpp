@@ -2,15 +2,17 @@
 // op, writes the same bytes (a C call is the C++ op behind a descriptor translation, so anything else is a bug in the
 // translation: a swapped argument, a dropped option, a wrong dtype or stride). The chain is the MoE router's:
 // router GEMM fwd → top-k routing with the fused padded map → permute (bf16 and fp8 + scales) → unpermute (weighted,
-// restore) → routing bwd → router GEMM bwd, plus the RMSNorm ops. Shapes are small and odd (T = 333, E = 64, top-6,
-// P = 16, K = 256) so a mix-up of T, E or K shows.
+// restore) → routing bwd → router GEMM bwd, plus the RMSNorm ops and the other families (the fused gated MLP on sm_90
+// only). Shapes are small and odd (T = 333, E = 64, top-6, P = 16, K = 256) so a mix-up of T, E or K shows.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "kiln/c_api.h"
 #include "kiln/ops/batch_reduce.hpp"
+#include "kiln/ops/gated_mlp.hpp"
 #include "kiln/ops/group_rms_norm_gate.hpp"
 #include "kiln/ops/moe.hpp"
 #include "kiln/ops/qk_norm_half_rope.hpp"
@@ -19,6 +21,7 @@
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/ops/silu.hpp"
 #include "kiln/ops/softmax_cross_entropy.hpp"
+#include "runtime/runtime_impl.hpp"
 #include "test_util.hpp"
 
 namespace kiln::test {
@@ -557,6 +560,36 @@ TEST_F(CApiGpu, BatchReduceAndBlockQuantPermuteEqualTheCppOps) {
       << kiln_last_error();
   synchronize();
   for (const auto* p : {&q, &qs, &qT, &qTs, &pout}) ASSERT_TRUE(p->same("moe_permute_block_quant output"));
+}
+
+// The fused gated MLP (sm_90 only: TMA + wgmma) at M = 100 (a partial 128-row tile), H = 256, I = 384, bf16, SiLU
+// and GELU (GELU is not the default: a dropped activation shows).
+TEST_F(CApiGpu, FusedGatedMlpEqualsTheCppOp) {
+  Runtime& r = rt();
+  if (r.impl().device().arch.sm != 90) GTEST_SKIP() << "not an sm_90 device (fused_gated_mlp needs wgmma)";
+  constexpr int64_t M = 100, H = 256, I = 384;
+  const DeviceBuffer x = random_buffer(M * H, 81, DType::bf16), wg = random_buffer(I * H, 82, DType::bf16, 0.0625f),
+                     wu = random_buffer(I * H, 83, DType::bf16, 0.0625f);
+  const kiln_tensor cx = ct(x, KILN_BF16, {M, H}), cwg = ct(wg, KILN_BF16, {I, H}), cwu = ct(wu, KILN_BF16, {I, H});
+  std::vector<uint8_t> first;
+  for (const GatedActivation act : {GatedActivation::silu, GatedActivation::gelu}) {
+    SCOPED_TRACE(static_cast<int>(act));
+    Pair out(r, M * I * 2);
+    fused_gated_mlp(r, x.ref(DType::bf16, {M, H}), wg.ref(DType::bf16, {I, H}), wu.ref(DType::bf16, {I, H}),
+                    out.cpp.ref(DType::bf16, {M, I}), act, nullptr);
+    const kiln_tensor cout = ct(out.c, KILN_BF16, {M, I});
+    ASSERT_EQ(kiln_fused_gated_mlp(crt_, &cx, &cwg, &cwu, &cout, static_cast<int>(act), nullptr), KILN_OK)
+        << kiln_last_error();
+    synchronize();
+    ASSERT_TRUE(out.same("fused_gated_mlp output"));
+    // The op wrote (poison in both would compare equal), and the two activations differ.
+    const auto bytes = out.c.download<uint8_t>(out.c.bytes());
+    ASSERT_NE(std::count(bytes.begin(), bytes.end(), DeviceBuffer::kPoison), static_cast<std::ptrdiff_t>(bytes.size()));
+    if (first.empty())
+      first = bytes;
+    else
+      ASSERT_NE(first, bytes) << "silu and gelu wrote the same bytes";
+  }
 }
 
 }  // namespace

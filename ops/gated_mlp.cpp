@@ -1,0 +1,232 @@
+// Host recipe: fused gated MLP expansion out = act(x · W_gᵀ) ⊙ (x · W_uᵀ) (templates/kiln/gated_mlp.cuh).
+// Spec: ../shared/spec/triton-ops.md §3 (fused_gated_mlp). sm_90a only (TMA + wgmma).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kiln/gated_mlp_args.h"
+#include "kiln/ops/gated_mlp.hpp"
+#include "runtime/driver.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace detail {
+// ops/bench/gated_mlp.cpp: a runnable op at x [M, H] (also the tuner's instance).
+BenchInstance gated_mlp_instance(Runtime& rt, int64_t M, int64_t H, int64_t I, DType dtype, GatedActivation act);
+}  // namespace detail
+
+namespace {
+using namespace detail;
+
+enum : uint32_t { kFwd = 0 };
+enum { P_H, P_I, P_ACT, P_DTYPE };
+enum { C_BN, C_STAGES };
+
+constexpr int64_t kMaxDim = 65536;
+constexpr int kBM = 128;
+
+bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/gated_mlp.cuh\"\n";
+  const auto& p = s.params;
+  name = fmt::format("kiln::gated_mlp_kernel<{}, {}, {}, {}, {}, {}>", p[P_H], p[P_I], p[P_ACT], cxx_type(p[P_DTYPE]),
+                     s.config[C_BN], s.config[C_STAGES]);
+}
+
+// 1 KiB alignment slack + the ring (x tile 16 KiB + two weight tiles of BN rows × 128 bytes a stage) + its mbarriers.
+int smem_bytes(const Specialization& s) {
+  return 1024 + s.config[C_STAGES] * (kBM * 128 + 2 * s.config[C_BN] * 128) + 16 * s.config[C_STAGES];
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
+
+FamilyDef g_family{"gated_mlp", {"fwd"}, {"H", "I", "act", "dtype"}, {"bn", "stages"}, render, smem_bytes,
+                   enumerate,   search_space, tune_instance};
+
+// The heuristic default: 128 output columns a CTA (a 128 × (128 + 128) MMA tile), 4 stages (197 KiB of shared
+// memory). Where the columns are few (I ≤ 64) the 64-column tile with 6 stages.
+Specialization spec(Arch arch, int64_t H, int64_t I, GatedActivation act, DType t) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kFwd;
+  s.params[P_H] = H;
+  s.params[P_I] = I;
+  s.params[P_ACT] = static_cast<int64_t>(act);
+  s.params[P_DTYPE] = static_cast<int64_t>(t);
+  s.config[C_BN] = I <= 64 ? 64 : 128;
+  s.config[C_STAGES] = I <= 64 ? 6 : 4;
+  return s;
+}
+
+// bn 128 × 3–4 stages, bn 64 × 4–6 stages (all within 227 KiB).
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  const Specialization def = spec(base.arch, base.params[P_H], base.params[P_I],
+                                  static_cast<GatedActivation>(base.params[P_ACT]),
+                                  static_cast<DType>(base.params[P_DTYPE]));
+  out.push_back(def);
+  if (!has_wgmma(base.arch)) return;
+  Specialization s = def;
+  for (const auto& [bn, stages] : {std::pair{128, 4}, {128, 3}, {64, 6}, {64, 5}, {64, 4}}) {
+    s.config[C_BN] = bn;
+    s.config[C_STAGES] = stages;
+    if (s.config != def.config && smem_bytes(s) <= 227 * 1024) out.push_back(s);
+  }
+}
+
+// What `kiln prewarm` compiles (sm_90a only): the dense MLP (hidden_size → intermediate_size) and the shared experts'
+// (hidden_size → moe_intermediate_size · num_shared_experts), bf16, SiLU.
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  if (!has_wgmma(arch) || m.hidden_size <= 0 || m.hidden_size > kMaxDim || m.hidden_size % 8 != 0) return;
+  auto add = [&](int64_t I) {
+    if (I <= 0 || I > kMaxDim) return;
+    for (const auto& s : out)
+      if (s.family == &g_family && s.params[P_I] == I) return;
+    out.push_back(spec(arch, m.hidden_size, I, GatedActivation::silu, DType::bf16));
+  };
+  add(m.intermediate_size);
+  add(static_cast<int64_t>(m.moe_intermediate_size) * m.num_shared_experts);
+}
+
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  return gated_mlp_instance(rt, std::max<int64_t>(tokens, 1), s.params[P_H], s.params[P_I],
+                            static_cast<DType>(s.params[P_DTYPE]), static_cast<GatedActivation>(s.params[P_ACT]));
+}
+
+// ---- validation ------------------------------------------------------------------------------------------------
+
+// A [rows, cols] view of a 2-D tensor (any row stride keeping rows 16-byte aligned) or a contiguous 3-D one.
+struct Rows {
+  int64_t rows = 0, cols = 0, stride = 0;
+  int64_t lead[2] = {0, -1};
+  int rank = 0;
+};
+
+Rows as_rows(const Check& ck, const char* arg, const TensorRef& t, int align) {
+  Rows r;
+  r.rank = t.ndim;
+  if (t.ndim == 2) {
+    ck.rows(arg, t, align);
+    r.rows = t.shape[0];
+    r.cols = t.shape[1];
+    r.stride = t.shape[0] > 1 ? t.strides[0] : t.shape[1];
+    r.lead[0] = t.shape[0];
+  } else if (t.ndim == 3) {
+    if (t.shape[0] < 0 || t.shape[1] < 0 || t.shape[2] < 0)
+      ck.shape_error(arg, fmt::format("expected non-negative dims, got shape {}", shape_str(t)));
+    ck.contiguous(arg, t);
+    r.rows = t.shape[0] * t.shape[1];
+    r.cols = t.shape[2];
+    r.stride = t.shape[2];
+    r.lead[0] = t.shape[0];
+    r.lead[1] = t.shape[1];
+  } else {
+    ck.shape_error(arg, fmt::format("expected a 2-D [M, *] or 3-D [B, S, *] tensor, got shape {}", shape_str(t)));
+  }
+  return r;
+}
+
+// A 2-D tensor map over `rows` × `cols` elements of `t` (row pitch `pitch` bytes): boxes of 128 bytes × box_rows
+// rows, 128-byte swizzle (the K-major layout wgmma reads); reads outside the tensor fill zeros.
+void encode_tma_2d(TensorMap& out, const void* data, DType t, int64_t cols, int64_t rows, int64_t pitch,
+                   int box_rows) {
+  static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
+  const size_t es = dtype_size(t);
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / es), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  const CUtensorMapDataType dt = t == DType::bf16  ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                 : t == DType::f16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                   : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out), dt, 2, const_cast<void*>(data), dims,
+                                        strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+        "cuTensorMapEncodeTiled");
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(gated_mlp, g_family)
+
+void fused_gated_mlp(Runtime& rt, const TensorRef& x, const TensorRef& gate_weight, const TensorRef& up_weight,
+                     const TensorRef& out, GatedActivation activation, Stream stream) {
+  const Check ck{"fused_gated_mlp"};
+  if (activation != GatedActivation::silu && activation != GatedActivation::gelu)
+    ck.invalid("activation", fmt::format("expected silu (0) or gelu (1), got {}", static_cast<int>(activation)));
+  ck.dtype("x", x, {DType::bf16, DType::f16, DType::f32});
+  const DType t = x.dtype;
+  const int64_t es = static_cast<int64_t>(dtype_size(t));
+  if (x.ndim != 2 && x.ndim != 3)
+    ck.shape_error("x", fmt::format("expected a 2-D [M, H] or 3-D [B, S, H] tensor, got shape {}", shape_str(x)));
+  const int64_t H = x.shape[x.ndim - 1];  // checked before the rows: its message says more than their alignment
+  if (H < 1 || H > kMaxDim || (H * es) % 16 != 0)
+    ck.shape_error("x", fmt::format("expected the hidden size H (last dim) in [1, {}] with H·{} bytes a multiple of 16 "
+                                    "(a multiple of {} {} elements), got {}",
+                                    kMaxDim, es, 16 / es, dtype_name(t), H));
+  const Rows xr = as_rows(ck, "x", x, 16);  // TMA: rows 16-byte aligned
+  ck.fits_int32("x", xr.rows, "M (rows)");
+
+  ck.dtype("gate_weight", gate_weight, {t});
+  if (gate_weight.ndim != 2 || gate_weight.shape[1] != H)
+    ck.shape_error("gate_weight", fmt::format("expected shape [I, {}] (H from x), got {}", H, shape_str(gate_weight)));
+  const int64_t I = gate_weight.shape[0];
+  if (I < 1 || I > kMaxDim)
+    ck.shape_error("gate_weight", fmt::format("expected the intermediate size I (first dim) in [1, {}], got {}",
+                                              kMaxDim, I));
+  ck.tensor("gate_weight", gate_weight, {t}, {I, H}, 16);
+  ck.dtype("up_weight", up_weight, {t});
+  if (up_weight.ndim != 2 || up_weight.shape[0] != I || up_weight.shape[1] != H)
+    ck.shape_error("up_weight", fmt::format("expected gate_weight's shape [{}, {}], got {}", I, H,
+                                            shape_str(up_weight)));
+  ck.tensor("up_weight", up_weight, {t}, {I, H}, 16);
+
+  ck.dtype("out", out, {t});
+  const Rows orr = as_rows(ck, "out", out, static_cast<int>(es));  // any row stride ≥ I
+  const bool lead_ok = orr.rank == xr.rank && orr.lead[0] == xr.lead[0] && orr.lead[1] == xr.lead[1];
+  if (!lead_ok || orr.cols != I) {
+    const std::string want = xr.rank == 2 ? fmt::format("[{}, {}]", xr.rows, I)
+                                          : fmt::format("[{}, {}, {}]", xr.lead[0], xr.lead[1], I);
+    ck.shape_error("out", fmt::format("expected shape {} (x's leading dims, last dim I from the weights), got {}", want,
+                                      shape_str(out)));
+  }
+  const int64_t M = xr.rows;
+  if (M == 0) return;
+  ck.pointer("x", x, 16);
+  ck.pointer("out", out, 16);
+  const int64_t m_tiles = (M + kBM - 1) / kBM;
+
+  auto& impl = rt.impl();
+  const Arch arch = impl.target_arch();
+  if (!has_wgmma(arch))
+    throw DeviceError(fmt::format("fused_gated_mlp: needs an sm_90 (Hopper) device for its TMA + wgmma kernel; the "
+                                  "target is {}",
+                                  arch.name()));
+  const Specialization s = impl.tuned(spec(arch, H, I, activation, t), M);
+  const int64_t n_tiles = (I + s.config[C_BN] - 1) / s.config[C_BN];
+  ck.fits_int32("x", m_tiles * n_tiles, "the tile count ceil(M/128)·ceil(I/BN)");
+
+  GatedMlpArgs a;
+  std::memset(&a, 0, sizeof(a));
+  encode_tma_2d(a.tmx, x.data, t, H, M, xr.stride * es, kBM);
+  encode_tma_2d(a.tmg, gate_weight.data, t, H, I, H * es, s.config[C_BN]);
+  encode_tma_2d(a.tmu, up_weight.data, t, H, I, H * es, s.config[C_BN]);
+  a.out = out.data;
+  a.out_stride = orr.stride;
+  a.M = static_cast<int>(M);
+  a.m_tiles = static_cast<int>(m_tiles);
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(m_tiles * n_tiles);
+  d.block[0] = 384;
+  d.smem = static_cast<unsigned>(smem_bytes(s));
+  impl.launch(s, d, stream, a);
+}
+
+}  // namespace kiln
