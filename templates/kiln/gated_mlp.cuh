@@ -107,20 +107,18 @@ __device__ __forceinline__ float activation(float z) {
   }
 }
 
-// Two adjacent output elements of row `row` at column `col`: one 4- or 8-byte store when `pair` (col + 1 < I and
-// the pair aligned), else one element at a time.
+// Two adjacent output elements of a row at column `col`, the second only if `second` (col + 1 < I): one 4- or
+// 8-byte store where the pair is aligned (`aligned`: an even row stride), else one element at a time.
 template <typename T>
-__device__ __forceinline__ void store2(T* row, int col, float v0, float v1, bool pair) {
-  if constexpr (sizeof(T) == 4) {
-    if (pair)
+__device__ __forceinline__ void store2(T* row, int col, float v0, float v1, bool second, bool aligned) {
+  if (second && aligned) {
+    if constexpr (sizeof(T) == 4)
       *reinterpret_cast<float2*>(row + col) = make_float2(v0, v1);
     else
-      row[col] = v0;
-  } else {
-    if (pair)
       *reinterpret_cast<u32*>(row + col) = pack2<T>(v0, v1);
-    else
-      row[col] = from_float<T>(v0);
+  } else {
+    row[col] = from_float<T>(v0);
+    if (second) row[col + 1] = from_float<T>(v1);
   }
 }
 
@@ -226,7 +224,7 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
         if (col >= I) continue;
         const int i = 4 * j + 2 * h;
         const float v0 = gmlp::activation<ACT>(g[i]) * u[i], v1 = gmlp::activation<ACT>(g[i + 1]) * u[i + 1];
-        gmlp::store2<T>(dst, col, v0, v1, even && (I % 2 == 0 || col + 1 < I));
+        gmlp::store2<T>(dst, col, v0, v1, I % 2 == 0 || col + 1 < I, even);
       }
     }
   }
