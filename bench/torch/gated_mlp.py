@@ -30,7 +30,17 @@ FNS = {"silu": gated_mlp_silu, "gelu": gated_mlp_gelu}
 
 
 def cases():
-    torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 row: TF32 products, as kiln's
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 row: TF32 products, as kiln's (restored below: the other
+    rows = []                                     # modules' fp32 baselines keep their own setting)
+    try:
+        rows = _cases()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    return rows
+
+
+def _cases():
     rows = []
     for M, H, I, tn, act in SHAPES:
         dt = DTYPES[tn]
