@@ -49,7 +49,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"gated_mlp", {"fwd"}, {"H", "I", "act", "dtype"}, {"bn", "stages"}, render, smem_bytes,
                    enumerate,   search_space, tune_instance};
 
-// The heuristic default: 128 output columns a CTA (a 128 × (128 + 128) MMA tile), 4 stages (197 KiB of shared
+// The heuristic default: 128 output columns a CTA (a 128 × (128 + 128) MMA tile), 4 stages (193 KiB of shared
 // memory). Where the columns are few (I ≤ 64) the 64-column tile with 6 stages.
 Specialization spec(Arch arch, int64_t H, int64_t I, GatedActivation act, DType t) {
   Specialization s;
