@@ -3,13 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cstring>
 
 #include "kiln/gated_mlp_args.h"
 #include "kiln/ops/gated_mlp.hpp"
-#include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
+#include "runtime/tensor_map.hpp"
 #include "runtime/validate.hpp"
 
 namespace kiln {
@@ -28,7 +27,6 @@ enum { C_BN, C_STAGES };
 constexpr int64_t kMaxDim = 65536;
 constexpr int kBM = 128;
 
-bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/gated_mlp.cuh\"\n";
@@ -99,59 +97,6 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
                             static_cast<DType>(s.params[P_DTYPE]), static_cast<GatedActivation>(s.params[P_ACT]));
 }
 
-// ---- validation ------------------------------------------------------------------------------------------------
-
-// A [rows, cols] view of a 2-D tensor (any row stride keeping rows 16-byte aligned) or a contiguous 3-D one.
-struct Rows {
-  int64_t rows = 0, cols = 0, stride = 0;
-  int64_t lead[2] = {0, -1};
-  int rank = 0;
-};
-
-Rows as_rows(const Check& ck, const char* arg, const TensorRef& t, int align) {
-  Rows r;
-  r.rank = t.ndim;
-  if (t.ndim == 2) {
-    ck.rows(arg, t, align);
-    r.rows = t.shape[0];
-    r.cols = t.shape[1];
-    r.stride = t.shape[0] > 1 ? t.strides[0] : t.shape[1];
-    r.lead[0] = t.shape[0];
-  } else if (t.ndim == 3) {
-    if (t.shape[0] < 0 || t.shape[1] < 0 || t.shape[2] < 0)
-      ck.shape_error(arg, fmt::format("expected non-negative dims, got shape {}", shape_str(t)));
-    ck.contiguous(arg, t);
-    r.rows = t.shape[0] * t.shape[1];
-    r.cols = t.shape[2];
-    r.stride = t.shape[2];
-    r.lead[0] = t.shape[0];
-    r.lead[1] = t.shape[1];
-  } else {
-    ck.shape_error(arg, fmt::format("expected a 2-D [M, *] or 3-D [B, S, *] tensor, got shape {}", shape_str(t)));
-  }
-  return r;
-}
-
-// A 2-D tensor map over `rows` × `cols` elements of `t` (row pitch `pitch` bytes): boxes of 128 bytes × box_rows
-// rows, 128-byte swizzle (the K-major layout wgmma reads); reads outside the tensor fill zeros.
-void encode_tma_2d(TensorMap& out, const void* data, DType t, int64_t cols, int64_t rows, int64_t pitch,
-                   int box_rows) {
-  static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
-  const size_t es = dtype_size(t);
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / es), static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t elem[2] = {1, 1};
-  const CUtensorMapDataType dt = t == DType::bf16  ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                 : t == DType::f16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-                                                   : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
-  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out), dt, 2, const_cast<void*>(data), dims,
-                                        strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
-        "cuTensorMapEncodeTiled");
-}
-
 }  // namespace
 
 KILN_REGISTER_FAMILY(gated_mlp, g_family)
@@ -171,7 +116,7 @@ void fused_gated_mlp(Runtime& rt, const TensorRef& x, const TensorRef& gate_weig
     ck.shape_error("x", fmt::format("expected the hidden size H (last dim) in [1, {}] with H·{} bytes a multiple of 16 "
                                     "(a multiple of {} {} elements), got {}",
                                     kMaxDim, es, 16 / es, dtype_name(t), H));
-  const Rows xr = as_rows(ck, "x", x, 16);  // TMA: rows 16-byte aligned
+  const RowView xr = as_rows(ck, "x", x, 16);  // TMA: rows 16-byte aligned
   ck.fits_int32("x", xr.rows, "M (rows)");
 
   ck.dtype("gate_weight", gate_weight, {t});
@@ -182,25 +127,12 @@ void fused_gated_mlp(Runtime& rt, const TensorRef& x, const TensorRef& gate_weig
     ck.shape_error("gate_weight", fmt::format("expected the intermediate size I (first dim) in [1, {}], got {}",
                                               kMaxDim, I));
   ck.tensor("gate_weight", gate_weight, {t}, {I, H}, 16);
-  ck.dtype("up_weight", up_weight, {t});
-  if (up_weight.ndim != 2 || up_weight.shape[0] != I || up_weight.shape[1] != H)
-    ck.shape_error("up_weight", fmt::format("expected gate_weight's shape [{}, {}], got {}", I, H,
-                                            shape_str(up_weight)));
-  ck.tensor("up_weight", up_weight, {t}, {I, H}, 16);
+  ck.tensor("up_weight", up_weight, {t}, {I, H}, 16);  // gate_weight's shape
 
-  ck.dtype("out", out, {t});
-  const Rows orr = as_rows(ck, "out", out, static_cast<int>(es));  // any row stride ≥ I
-  const bool lead_ok = orr.rank == xr.rank && orr.lead[0] == xr.lead[0] && orr.lead[1] == xr.lead[1];
-  if (!lead_ok || orr.cols != I) {
-    const std::string want = xr.rank == 2 ? fmt::format("[{}, {}]", xr.rows, I)
-                                          : fmt::format("[{}, {}, {}]", xr.lead[0], xr.lead[1], I);
-    ck.shape_error("out", fmt::format("expected shape {} (x's leading dims, last dim I from the weights), got {}", want,
-                                      shape_str(out)));
-  }
+  // out: any row stride ≥ I (the epilogue stores element by element where pairs would be misaligned).
+  const RowView orr = as_rows_like(ck, "out", out, t, xr, I, "I (from the weights)", static_cast<int>(es));
   const int64_t M = xr.rows;
   if (M == 0) return;
-  ck.pointer("x", x, 16);
-  ck.pointer("out", out, 16);
   const int64_t m_tiles = (M + kBM - 1) / kBM;
 
   auto& impl = rt.impl();
@@ -213,8 +145,7 @@ void fused_gated_mlp(Runtime& rt, const TensorRef& x, const TensorRef& gate_weig
   const int64_t n_tiles = (I + s.config[C_BN] - 1) / s.config[C_BN];
   ck.fits_int32("x", m_tiles * n_tiles, "the tile count ceil(M/128)·ceil(I/BN)");
 
-  GatedMlpArgs a;
-  std::memset(&a, 0, sizeof(a));
+  GatedMlpArgs a{};
   encode_tma_2d(a.tmx, x.data, t, H, M, xr.stride * es, kBM);
   encode_tma_2d(a.tmg, gate_weight.data, t, H, I, H * es, s.config[C_BN]);
   encode_tma_2d(a.tmu, up_weight.data, t, H, I, H * es, s.config[C_BN]);

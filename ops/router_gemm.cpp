@@ -20,6 +20,7 @@
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
+#include "runtime/tensor_map.hpp"
 #include "runtime/validate.hpp"
 
 namespace kiln {
@@ -73,7 +74,6 @@ int smem_limit(Arch a) {
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // wgmma (warpgroup MMA) exists on sm_90a only.
-bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
 // The expert-pair kernel's options in the op, for its 128-token tiles (two consumer warpgroups): the cluster's last tile
 // leaves by TMA stores from warpgroup 0 and by 8-byte stores from warpgroup 1's registers at once (session 7, round 4:
@@ -592,42 +592,8 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 
 // ---- validation -----------------------------------------------------------------------------------------------
 
-// A [rows, cols] view of a 2-D tensor (any row stride keeping rows `align`-byte aligned) or a contiguous 3-D one.
-struct Rows {
-  void* data = nullptr;
-  int64_t rows = 0, cols = 0, stride = 0;
-  int64_t lead[2] = {0, 0};  // leading dims as given (rank 2: {rows, -1})
-  int rank = 0;
-};
-
-Rows as_rows(const Check& ck, const char* arg, const TensorRef& t, int align) {
-  Rows r;
-  r.rank = t.ndim;
-  if (t.ndim == 2) {
-    ck.rows(arg, t, align);
-    r.rows = t.shape[0];
-    r.cols = t.shape[1];
-    r.stride = t.shape[0] > 1 ? t.strides[0] : t.shape[1];
-    r.lead[0] = t.shape[0];
-    r.lead[1] = -1;
-  } else if (t.ndim == 3) {
-    ck.contiguous(arg, t);
-    r.rows = t.shape[0] * t.shape[1];
-    r.cols = t.shape[2];
-    r.stride = t.shape[2];
-    r.lead[0] = t.shape[0];
-    r.lead[1] = t.shape[1];
-  } else {
-    ck.shape_error(arg, fmt::format("expected a 2-D [T, {}] or 3-D [B, S, {}] tensor, got shape {}", "*", "*",
-                                    shape_str(t)));
-  }
-  r.data = t.data;
-  if (r.rows > 0 && r.cols > 0) ck.pointer(arg, t, 16);
-  return r;
-}
-
 // x: bf16 [T, K] / [B, S, K]; returns its view (K and T checked).
-Rows check_x(const Check& ck, const TensorRef& x) {
+RowView check_x(const Check& ck, const TensorRef& x) {
   ck.dtype("x", x, {DType::bf16});
   if (x.ndim == 2 || x.ndim == 3) {  // K first: its message says more than the row alignment it implies
     const int64_t K = x.shape[x.ndim - 1];
@@ -635,7 +601,7 @@ Rows check_x(const Check& ck, const TensorRef& x) {
       ck.shape_error("x", fmt::format("expected the hidden size K (last dim) to be a multiple of 8 in [{}, {}], got {}",
                                       kMinK, kMaxK, K));
   }
-  const Rows r = as_rows(ck, "x", x, 16);
+  const RowView r = as_rows(ck, "x", x, 16);
   ck.fits_int32("x", r.rows, "T (tokens)");
   return r;
 }
@@ -653,19 +619,10 @@ int64_t check_w(const Check& ck, const TensorRef& w, int64_t K) {
   return E;
 }
 
-// A tensor with x's leading dims and last dim `cols`.
-Rows check_like_x(const Check& ck, const char* arg, const TensorRef& t, DType dtype, const Rows& x, int64_t cols,
-                  const char* cols_name) {
-  ck.dtype(arg, t, {dtype});
-  const Rows r = as_rows(ck, arg, t, 16);
-  const bool lead_ok = r.rank == x.rank && r.lead[0] == x.lead[0] && (x.rank == 2 || r.lead[1] == x.lead[1]);
-  if (!lead_ok || r.cols != cols) {
-    const std::string want = x.rank == 2 ? fmt::format("[{}, {}]", x.rows, cols)
-                                         : fmt::format("[{}, {}, {}]", x.lead[0], x.lead[1], cols);
-    ck.shape_error(arg, fmt::format("expected shape {} (x's leading dims, last dim {}), got {}", want, cols_name,
-                                    shape_str(t)));
-  }
-  return r;
+// A tensor with x's leading dims and last dim `cols` (rows 16-byte aligned).
+RowView check_like_x(const Check& ck, const char* arg, const TensorRef& t, DType dtype, const RowView& x, int64_t cols,
+                     const char* cols_name) {
+  return as_rows_like(ck, arg, t, dtype, x, cols, cols_name, 16);
 }
 
 // ---- the split of T for dw -------------------------------------------------------------------------------------
@@ -695,24 +652,6 @@ DwPlan dw_plan(const Specialization& s, int64_t T, int sm_count) {
 
 int sm_count(Runtime& rt) { return rt.impl().device().sm_count; }
 
-// A 2-D bf16 (or fp32) tensor map: `cols` contiguous elements a row (row pitch `pitch` bytes, a multiple of 16),
-// boxes of 128 bytes (64 bf16 or 32 fp32 columns; 128-byte swizzle: the layout wgmma and the g fragment loads
-// read) × box_rows rows; reads outside the tensor fill zeros.
-void encode_tma_2d(TensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows,
-                   bool f32 = false) {
-  static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
-  const cuuint32_t box[2] = {f32 ? 32u : 64u, static_cast<cuuint32_t>(box_rows)};  // 128 bytes either way
-  const cuuint32_t elem[2] = {1, 1};
-  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out),
-                                        f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-                                        const_cast<void*>(data), dims, strides, box, elem,
-                                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
-        "cuTensorMapEncodeTiled");
-}
 
 }  // namespace
 
@@ -731,11 +670,11 @@ Specialization pick(Runtime& rt, const Check& ck, Specialization s, int64_t T, c
 
 // The TMA forwards' argument block as far as they share it: x [T, K] in boxes of x_rows tokens, w [E, K] in boxes of
 // w_rows experts (both 64 columns wide), logits; the tiles, tile_rows and flags are each kernel's own.
-RouterGemmFwdTmaArgs fwd_tma_args(const TensorRef& x, const Rows& xr, const TensorRef& w, const TensorRef& logits,
-                                  const Rows& lr, int64_t E, int x_rows, int w_rows) {
+RouterGemmFwdTmaArgs fwd_tma_args(const TensorRef& x, const RowView& xr, const TensorRef& w, const TensorRef& logits,
+                                  const RowView& lr, int64_t E, int x_rows, int w_rows) {
   RouterGemmFwdTmaArgs a{};
-  encode_tma_2d(a.tmx, x.data, xr.cols, xr.rows, xr.stride * 2, x_rows);
-  encode_tma_2d(a.tmw, w.data, xr.cols, E, xr.cols * 2, w_rows);
+  encode_tma_2d(a.tmx, x.data, DType::bf16, xr.cols, xr.rows, xr.stride * 2, x_rows);
+  encode_tma_2d(a.tmw, w.data, DType::bf16, xr.cols, E, xr.cols * 2, w_rows);
   a.out = static_cast<float*>(logits.data);
   a.out_stride = lr.stride;
   a.T = static_cast<int>(xr.rows);
@@ -758,10 +697,10 @@ LaunchDims persistent_clusters(const Specialization& s, int64_t groups, int cl, 
 void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
                                          int variant, const RouterGemmConfig* force, Stream stream) {
   const Check ck{"router_gemm_fp32_fwd"};
-  const Rows xr = check_x(ck, x);
+  const RowView xr = check_x(ck, x);
   const int64_t K = xr.cols, T = xr.rows;
   const int64_t E = check_w(ck, w, K);
-  const Rows lr = check_like_x(ck, "logits", logits, DType::f32, xr, E, "E");
+  const RowView lr = check_like_x(ck, "logits", logits, DType::f32, xr, E, "E");
   if (T == 0) return;
 
   auto& impl = rt.impl();
@@ -821,7 +760,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
                          (E / 2) % 32 == 0 && s.config[C_STAGES] >= 4 && a.tile_rows == bm &&
                          (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0;
     if (epi_tma) {
-      encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 16, true);
+      encode_tma_2d(a.tmo, logits.data, DType::f32, E, T, lr.stride * 4, 16);
       a.flags |= kRgEpiTma | (opts & kRgEpiMix);
     }
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
@@ -1035,12 +974,12 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
                                          int variant, int precision, const RouterGemmConfig* force_dx,
                                          const RouterGemmConfig* force_dw, Stream stream) {
   const Check ck{"router_gemm_fp32_bwd"};
-  const Rows xr = check_x(ck, x);
+  const RowView xr = check_x(ck, x);
   const int64_t K = xr.cols, T = xr.rows;
   const int64_t E = check_w(ck, w, K);
-  const Rows gr = check_like_x(ck, "g", g, DType::f32, xr, E, "E");
+  const RowView gr = check_like_x(ck, "g", g, DType::f32, xr, E, "E");
   if (!dx.defined() && !dw.defined()) ck.invalid("dx", "expected dx or dw (or both) to be given, got neither");
-  Rows dxr;
+  RowView dxr;
   if (dx.defined()) dxr = check_like_x(ck, "dx", dx, DType::bf16, xr, K, "K");
   if (dw.defined()) ck.tensor("dw", dw, {DType::f32}, {E, K}, 16);
   if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
@@ -1136,12 +1075,12 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         wd.grid[0] = static_cast<unsigned>((K + 63) / 64);
         wd.block[0] = 256;
         impl.launch(spec(arch, kW16, K, E), wd, stream, wa);
-        encode_tma_2d(a.tmw, w16, K, E, K * 2, 64);
+        encode_tma_2d(a.tmw, w16, DType::bf16, K, E, K * 2, 64);  // fp16 bits: the copies do not convert
         a.colf = colf;
       } else {
-        encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
+        encode_tma_2d(a.tmw, w.data, DType::bf16, K, E, K * 2, 64);
       }
-      encode_tma_2d(a.tmdx, dx.data, K, T, dxr.stride * 2, 64);
+      encode_tma_2d(a.tmdx, dx.data, DType::bf16, K, T, dxr.stride * 2, 64);
       a.g = static_cast<const float*>(g.data);
       a.g_stride = gr.stride;
       a.dx = dx.data;
@@ -1199,8 +1138,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       RouterGemmDwTmaArgs a{};
       const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before (unless dw_first)
       const Specialization& sk = one ? sone : sdw;
-      encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, sk.config[C_BK], /*f32=*/true);
-      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, sk.config[C_BK]);
+      encode_tma_2d(a.tmg, g.data, DType::f32, E, T, gr.stride * 4, sk.config[C_BK]);
+      encode_tma_2d(a.tmx, x.data, DType::bf16, K, T, xr.stride * 2, sk.config[C_BK]);
       a.dw = static_cast<float*>(dw.data);
       a.partial = partial;
       a.T = static_cast<int>(T);

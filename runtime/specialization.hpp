@@ -24,6 +24,9 @@ struct Arch {
   bool operator==(const Arch& o) const { return sm == o.sm && suffix == o.suffix; }
 };
 
+// Warpgroup MMAs (wgmma) and the kernels built on them: sm_90a only.
+inline bool has_wgmma(const Arch& a) { return a.sm == 90 && a.suffix == 'a'; }
+
 struct Key128 {
   uint64_t lo = 0, hi = 0;
   bool operator==(const Key128& o) const { return lo == o.lo && hi == o.hi; }

@@ -110,4 +110,43 @@ void Check::disjoint_rows(const char* arg, const TensorRef& t) const {
                              shape_str(t), t.strides[0], t.strides[1]));
 }
 
+RowView as_rows(const Check& ck, const char* arg, const TensorRef& t, int align) {
+  RowView r;
+  r.rank = t.ndim;
+  if (t.ndim == 2) {
+    ck.rows(arg, t, align);
+    r.rows = t.shape[0];
+    r.cols = t.shape[1];
+    r.stride = t.shape[0] > 1 ? t.strides[0] : t.shape[1];
+    r.lead[0] = t.shape[0];
+  } else if (t.ndim == 3) {
+    if (t.shape[0] < 0 || t.shape[1] < 0 || t.shape[2] < 0)
+      ck.shape_error(arg, fmt::format("expected non-negative dims, got shape {}", shape_str(t)));
+    ck.contiguous(arg, t);
+    r.rows = t.shape[0] * t.shape[1];
+    r.cols = t.shape[2];
+    r.stride = t.shape[2];
+    r.lead[0] = t.shape[0];
+    r.lead[1] = t.shape[1];
+  } else {
+    ck.shape_error(arg, fmt::format("expected a 2-D [rows, *] or 3-D [B, S, *] tensor, got shape {}", shape_str(t)));
+  }
+  if (r.rows > 0 && r.cols > 0) ck.pointer(arg, t, 16);
+  return r;
+}
+
+RowView as_rows_like(const Check& ck, const char* arg, const TensorRef& t, DType dtype, const RowView& like,
+                     int64_t cols, const char* cols_name, int align) {
+  ck.dtype(arg, t, {dtype});
+  const RowView r = as_rows(ck, arg, t, align);
+  const bool lead_ok = r.rank == like.rank && r.lead[0] == like.lead[0] && r.lead[1] == like.lead[1];
+  if (!lead_ok || r.cols != cols) {
+    const std::string want = like.rank == 2 ? fmt::format("[{}, {}]", like.rows, cols)
+                                            : fmt::format("[{}, {}, {}]", like.lead[0], like.lead[1], cols);
+    ck.shape_error(arg, fmt::format("expected shape {} (x's leading dims, last dim {}), got {}", want, cols_name,
+                                    shape_str(t)));
+  }
+  return r;
+}
+
 }  // namespace kiln::detail

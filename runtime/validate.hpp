@@ -44,6 +44,19 @@ struct Check {
   }
 };
 
+// A [rows, cols] view of token rows: a 2-D tensor (last dim contiguous, any row stride keeping rows `align`-byte
+// aligned) or a contiguous 3-D [B, S, cols] one (rows = B·S). Unless empty, the pointer must be 16-byte aligned.
+struct RowView {
+  int64_t rows = 0, cols = 0, stride = 0;  // stride: elements between rows
+  int64_t lead[2] = {0, -1};               // leading dims as given (rank 2: {rows, -1})
+  int rank = 0;
+};
+RowView as_rows(const Check& ck, const char* arg, const TensorRef& t, int align);
+// A tensor of dtype `dtype` with `like`'s leading dims and last dim `cols` (named `cols_name` in the message; `like`
+// is x's view), as a RowView.
+RowView as_rows_like(const Check& ck, const char* arg, const TensorRef& t, DType dtype, const RowView& like,
+                     int64_t cols, const char* cols_name, int align);
+
 std::string shape_str(const TensorRef& t);
 // The stride of dim k as a kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
 inline int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }

@@ -13,20 +13,17 @@
 #pragma once
 #include "kiln/mbarrier.cuh"
 #include "kiln/router_gemm.cuh"
+#include "kiln/wgmma.cuh"
 
 namespace kiln {
 namespace rg90 {
 
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart (SBO), start address
-// 16-byte granular; the K offset of a k16 step inside the 128-byte swizzle atom is added to the start address.
-__device__ __forceinline__ u64 desc_sw128(u32 smem_byte_addr) {
-  u64 d = 0;
-  d |= static_cast<u64>((smem_byte_addr & 0x3FFFF) >> 4);  // start address
-  d |= static_cast<u64>(1) << 16;                          // LBO (unused with a swizzled K-major layout)
-  d |= static_cast<u64>(1024 >> 4) << 32;                  // SBO: next 8-row group
-  d |= static_cast<u64>(1) << 62;                          // 128-byte swizzle
-  return d;
-}
+// The K-major 128-byte-swizzle descriptor, wgmma fence / commit / wait and the register fence: kiln/wgmma.cuh.
+using wgmma::desc_sw128;
+using wgmma::fence_regs;
+using wgmma::wgmma_commit;
+using wgmma::wgmma_fence;
+using wgmma::wgmma_wait;
 
 // desc_sw128 split in its two 32-bit words: the high word is the same for every address (SBO 1024 bytes, 128-byte
 // swizzle), and the low word is (addr >> 4) | LBO 1 — for addresses below 256 KiB (every shared-memory address) a
@@ -35,17 +32,6 @@ __device__ __forceinline__ u64 desc_sw128(u32 smem_byte_addr) {
 constexpr u32 kDescSw128Hi = (1024 >> 4) | (1u << 30);
 __device__ __forceinline__ u32 desc_lo(u32 smem_byte_addr) { return ((smem_byte_addr & 0x3FFFF) >> 4) | (1u << 16); }
 __device__ __forceinline__ u64 desc_from_lo(u32 lo) { return (static_cast<u64>(kDescSw128Hi) << 32) | lo; }
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-// Keeps the compiler from moving accumulator reads/writes across the asynchronous MMAs.
-template <int R>
-__device__ __forceinline__ void fence_regs(float (&d)[R]) {
-#pragma unroll
-  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
 
 // d[64 × 256] += A[64 × 16] · B[256 × 16]ᵀ (both from shared memory, K-major).
 __device__ __forceinline__ void wgmma_n256(float (&d)[128], u64 a, u64 b) {
@@ -58,24 +44,10 @@ __device__ __forceinline__ void wgmma_n256(float (&d)[128], u64 a, u64 b) {
 }
 
 // d[64 × 128] += A[64 × 16] · B[128 × 16]ᵀ (both from shared memory, K-major).
-__device__ __forceinline__ void wgmma_n128(float (&d)[64], u64 a, u64 b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(a), "l"(b), "r"(1));
-}
+__device__ __forceinline__ void wgmma_n128(float (&d)[64], u64 a, u64 b) { wgmma::mma<128, bf16>(d, a, b); }
 
 // d[64 × 64] += A[64 × 16] · B[64 × 16]ᵀ (both from shared memory, K-major).
-__device__ __forceinline__ void wgmma_n64(float (&d)[32], u64 a, u64 b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(a), "l"(b), "r"(1));
-}
+__device__ __forceinline__ void wgmma_n64(float (&d)[32], u64 a, u64 b) { wgmma::mma<64, bf16>(d, a, b); }
 
 // d[64 × 32] += A[64 × 16] · B[32 × 16]ᵀ (both from shared memory, K-major).
 __device__ __forceinline__ void wgmma_n32(float (&d)[16], u64 a, u64 b) {
