@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
+#include <tuple>
+#include <utility>
 
 #include "kiln/gated_mlp_args.h"
 #include "kiln/ops/gated_mlp.hpp"
@@ -15,6 +18,10 @@ namespace kiln {
 namespace detail {
 // ops/bench/gated_mlp.cpp: a runnable op at x [M, H] (also the tuner's instance).
 BenchInstance gated_mlp_instance(Runtime& rt, int64_t M, int64_t H, int64_t I, DType dtype, GatedActivation act);
+// Measurement only (bench rows `… grid=tiles`): launch one CTA a tile instead of the persistent grid.
+std::atomic<bool> gated_mlp_tile_grid_force{false};
+// The op's default (bn, stages) for I output columns and M rows on `sms` SMs (below; tested on the CPU).
+std::pair<int, int> gated_mlp_default_config(int64_t I, int64_t M, int sms);
 }  // namespace detail
 
 namespace {
@@ -47,9 +54,29 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"gated_mlp", {"fwd"}, {"H", "I", "act", "dtype"}, {"bn", "stages"}, render, smem_bytes,
                    enumerate,   search_space, tune_instance};
 
-// The heuristic default: 128 output columns a CTA (a 128 × (128 + 128) MMA tile), 4 stages (193 KiB of shared
-// memory). Where the columns are few (I ≤ 64) the 64-column tile with 6 stages.
-Specialization spec(Arch arch, int64_t H, int64_t I, GatedActivation act, DType t) {
+}  // namespace
+
+// The heuristic default for M rows on `sms` SMs: the 128-column tile (a 128 × (128 + 128) MMA tile, 4 stages, 193
+// KiB of shared memory) or the 64-column one (6 stages), whichever a wave model gives less time: a wave of 64-column
+// tiles takes 0.53 of a wave of 128-column ones (H200, session 29, persistent grid, H 2048, I 5120: 12.6–13.0 against
+// 23.9–24.9 µs a wave at M = 1024 … 8192), and each takes ceil(tiles / sms) waves. So at I = 5120 M ≤ 1024 takes 64
+// columns (M = 1024: 65.1 against 74.8 µs; M = 128: 17.0 against 26.2) and M ≥ 2048 128 (124.0 against 129.0; 8192:
+// 478.2 against 492.9). I ≤ 64: 64 columns. M < 0 (no token count: the search space's first point, prewarm) or
+// sms ≤ 0: 128 columns where I > 64.
+std::pair<int, int> detail::gated_mlp_default_config(int64_t I, int64_t M, int sms) {
+  bool narrow = I <= 64;
+  if (!narrow && M > 0 && sms > 0) {
+    const int64_t m_tiles = (M + kBM - 1) / kBM;
+    const int64_t w128 = (m_tiles * ((I + 127) / 128) + sms - 1) / sms;
+    const int64_t w64 = (m_tiles * ((I + 63) / 64) + sms - 1) / sms;
+    narrow = 0.53 * static_cast<double>(w64) < static_cast<double>(w128);
+  }
+  return narrow ? std::pair{64, 6} : std::pair{128, 4};
+}
+
+namespace {
+
+Specialization spec(Arch arch, int64_t H, int64_t I, GatedActivation act, DType t, int64_t M = -1, int sms = 0) {
   Specialization s;
   s.family = &g_family;
   s.arch = arch;
@@ -58,8 +85,7 @@ Specialization spec(Arch arch, int64_t H, int64_t I, GatedActivation act, DType 
   s.params[P_I] = I;
   s.params[P_ACT] = static_cast<int64_t>(act);
   s.params[P_DTYPE] = static_cast<int64_t>(t);
-  s.config[C_BN] = I <= 64 ? 64 : 128;
-  s.config[C_STAGES] = I <= 64 ? 6 : 4;
+  std::tie(s.config[C_BN], s.config[C_STAGES]) = gated_mlp_default_config(I, M, sms);
   return s;
 }
 
@@ -79,7 +105,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
 }
 
 // What `kiln prewarm` compiles (sm_90a only): the dense MLP (hidden_size → intermediate_size) and the shared experts'
-// (hidden_size → moe_intermediate_size · num_shared_experts), bf16, SiLU.
+// (hidden_size → moe_intermediate_size · num_shared_experts), bf16, SiLU, each with both defaults the op chooses from
+// by M (128 and 64 columns; 64 alone where I ≤ 64).
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
   if (!has_wgmma(arch) || m.hidden_size <= 0 || m.hidden_size > kMaxDim || m.hidden_size % 8 != 0) return;
   auto add = [&](int64_t I) {
@@ -87,6 +114,12 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
     for (const auto& s : out)
       if (s.family == &g_family && s.params[P_I] == I) return;
     out.push_back(spec(arch, m.hidden_size, I, GatedActivation::silu, DType::bf16));
+    if (I > 64) {  // the small-M default too (the op picks by M at run time)
+      Specialization n = out.back();
+      n.config[C_BN] = 64;
+      n.config[C_STAGES] = 6;
+      out.push_back(n);
+    }
   };
   add(m.intermediate_size);
   add(static_cast<int64_t>(m.moe_intermediate_size) * m.num_shared_experts);
@@ -141,9 +174,10 @@ void fused_gated_mlp(Runtime& rt, const TensorRef& x, const TensorRef& gate_weig
     throw DeviceError(fmt::format("fused_gated_mlp: needs an sm_90 (Hopper) device for its TMA + wgmma kernel; the "
                                   "target is {}",
                                   arch.name()));
-  const Specialization s = impl.tuned(spec(arch, H, I, activation, t), M);
-  const int64_t n_tiles = (I + s.config[C_BN] - 1) / s.config[C_BN];
-  ck.fits_int32("x", m_tiles * n_tiles, "the tile count ceil(M/128)·ceil(I/BN)");
+  const int sms = impl.device().sm_count;
+  const Specialization s = impl.tuned(spec(arch, H, I, activation, t, M, sms), M);
+  const int64_t n_tiles = (I + s.config[C_BN] - 1) / s.config[C_BN], tiles = m_tiles * n_tiles;
+  ck.fits_int32("x", tiles, "the tile count ceil(M/128)·ceil(I/BN)");
 
   GatedMlpArgs a{};
   encode_tma_2d(a.tmx, x.data, t, H, M, xr.stride * es, kBM);
@@ -154,7 +188,10 @@ void fused_gated_mlp(Runtime& rt, const TensorRef& x, const TensorRef& gate_weig
   a.M = static_cast<int>(M);
   a.m_tiles = static_cast<int>(m_tiles);
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>(m_tiles * n_tiles);
+  // Persistent: one CTA an SM (193 KiB of shared memory: one fits), each taking every grid-th tile, so its ring runs
+  // on from one tile into the next.
+  const int64_t grid = gated_mlp_tile_grid_force.load(std::memory_order_relaxed) ? tiles : std::min<int64_t>(tiles, sms);
+  d.grid[0] = static_cast<unsigned>(grid);
   d.block[0] = 384;
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);

@@ -20,6 +20,10 @@
 #include "compile_util.hpp"
 #include "test_util.hpp"
 
+namespace kiln::detail {
+std::pair<int, int> gated_mlp_default_config(int64_t I, int64_t M, int sms);  // ops/gated_mlp.cpp
+}  // namespace kiln::detail
+
 namespace kiln::test {
 namespace {
 
@@ -191,18 +195,18 @@ TEST(GatedMlpFamily, EnumeratesThePresetsMlps) {
     SCOPED_TRACE(w.preset);
     const ModelConfig m = load_model(w.preset);
     const auto specs = enumerated(m);
-    ASSERT_EQ(specs.size(), w.hi.size());
+    ASSERT_EQ(specs.size(), 2 * w.hi.size());  // both defaults the op picks from by M
     std::set<std::string> keys;
     for (size_t k = 0; k < specs.size(); ++k) {
       const auto& s = specs[k];
       EXPECT_EQ(s.family, &family());
       EXPECT_EQ(s.kernel, 0u);
-      EXPECT_EQ(s.params[0], w.hi[k].first);
-      EXPECT_EQ(s.params[1], w.hi[k].second);
+      EXPECT_EQ(s.params[0], w.hi[k / 2].first);
+      EXPECT_EQ(s.params[1], w.hi[k / 2].second);
       EXPECT_EQ(s.params[2], static_cast<int64_t>(GatedActivation::silu));
       EXPECT_EQ(s.params[3], static_cast<int64_t>(DType::bf16));
-      EXPECT_EQ(s.config[0], 128) << s.describe();
-      EXPECT_EQ(s.config[1], 4) << s.describe();
+      EXPECT_EQ(s.config[0], k % 2 ? 64 : 128) << s.describe();
+      EXPECT_EQ(s.config[1], k % 2 ? 6 : 4) << s.describe();
       EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
       EXPECT_TRUE(keys.insert(s.key().hex()).second) << s.describe();
     }
@@ -212,7 +216,36 @@ TEST(GatedMlpFamily, EnumeratesThePresetsMlps) {
   dense.hidden_size = 1024;
   dense.intermediate_size = 4096;
   dense.moe_intermediate_size = 1408;
-  EXPECT_EQ(enumerated(dense).size(), 1u);
+  EXPECT_EQ(enumerated(dense).size(), 2u);
+  dense.intermediate_size = 64;  // I ≤ 64: the 64-column tile alone
+  const auto narrow = enumerated(dense);
+  ASSERT_EQ(narrow.size(), 1u);
+  EXPECT_EQ(narrow[0].config[0], 64);
+  EXPECT_EQ(narrow[0].config[1], 6);
+}
+
+// The default by M (the wave model, ops/gated_mlp.cpp): at I = 5120 on 132 SMs the 128-column tile from M = 2048 up,
+// the 64-column one at M ≤ 1024 (the session-29 H200 rows: 65.1 against 74.8 µs at M = 1024, 17.0 against 26.2 at
+// 128; 124.0 against 129.0 at 2048 the other way); 64 columns wherever I ≤ 64; no token count or SM count: 128.
+TEST(GatedMlpFamily, DefaultConfigFollowsTheWaveModel) {
+  using detail::gated_mlp_default_config;
+  const std::pair<int, int> wide{128, 4}, narrow{64, 6};
+  EXPECT_EQ(gated_mlp_default_config(5120, 8192, 132), wide);
+  EXPECT_EQ(gated_mlp_default_config(5120, 2048, 132), wide);
+  EXPECT_EQ(gated_mlp_default_config(5120, 1024, 132), narrow);
+  EXPECT_EQ(gated_mlp_default_config(5120, 128, 132), narrow);
+  EXPECT_EQ(gated_mlp_default_config(5120, 1, 132), narrow);
+  EXPECT_EQ(gated_mlp_default_config(5120, -1, 132), wide);
+  EXPECT_EQ(gated_mlp_default_config(5120, 1024, 0), wide);
+  // One row tile: 150 / 300 tiles are 2 against 3 waves (0.53 · 3 < 2): narrow; 200 / 400 are 2 against 4 (2.12):
+  // wide; 132 / 264 are 1 against 2 (1.06): wide.
+  EXPECT_EQ(gated_mlp_default_config(128 * 150, 128, 132), narrow);
+  EXPECT_EQ(gated_mlp_default_config(128 * 200, 128, 132), wide);
+  EXPECT_EQ(gated_mlp_default_config(128 * 132, 128, 132), wide);
+  for (int64_t M : {int64_t{1}, int64_t{8192}, int64_t{65536}}) {
+    EXPECT_EQ(gated_mlp_default_config(64, M, 132), narrow) << M;
+    EXPECT_EQ(gated_mlp_default_config(1, M, 132), narrow) << M;
+  }
 }
 
 // The space on sm_90a: bn 128 × stages {4, 3} and bn 64 × stages {6, 5, 4}, the default (128, 4) first, all within

@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -31,6 +32,8 @@
 #include "ops/bench/cublaslt.hpp"
 #include "runtime/bench.hpp"
 #include "runtime/driver.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
 
 namespace kiln::detail {
 namespace {
@@ -148,6 +151,8 @@ BenchInstance make_instance(Runtime& rt, int64_t M, int64_t H, int64_t I, DType 
 
 }  // namespace
 
+extern std::atomic<bool> gated_mlp_tile_grid_force;  // ops/gated_mlp.cpp (measurement)
+
 // The tuner's instance (ops/gated_mlp.cpp): the op alone, no cuBLASLt plan nor concatenated weights.
 BenchInstance gated_mlp_instance(Runtime& rt, int64_t M, int64_t H, int64_t I, DType dtype, GatedActivation act) {
   return make_instance(rt, M, H, I, dtype, act, false);
@@ -169,6 +174,38 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     cases.push_back({"fused_gated_mlp", fmt::format("M={} H={} I={} {} {}", s.M, s.H, s.I, tn, act_name(s.act)),
                      [s](Runtime& rt) { return make_instance(rt, s.M, s.H, s.I, s.t, s.act, true); }});
   }
+  // Every search-space point forced (sm_90a) at the Ling-mini-2.0 shape, M = 8192, 2048, 1024 and 128, against the
+  // same cuBLASLt baseline (`fused_gated_mlp_cfg … bn=… stages=…`), and the two defaults with one CTA a tile instead
+  // of the persistent grid (`grid=tiles`, a measurement hook).
+  struct Cfg {
+    int bn, stages;
+    bool tile_grid;
+  };
+  for (int64_t M : {int64_t{8192}, int64_t{2048}, int64_t{1024}, int64_t{128}})
+    for (const Cfg c : {Cfg{128, 4, false}, {128, 3, false}, {64, 6, false}, {64, 5, false}, {64, 4, false},
+                        {128, 4, true}, {64, 6, true}})
+      cases.push_back({"fused_gated_mlp_cfg",
+                       fmt::format("M={} H=2048 I=5120 bf16 silu bn={} stages={}{}", M, c.bn, c.stages,
+                                   c.tile_grid ? " grid=tiles" : ""),
+                       [M, c](Runtime& rt) {
+                         Specialization cand;
+                         cand.family = find_family("gated_mlp");
+                         cand.arch = rt.impl().target_arch();
+                         cand.kernel = 0;
+                         cand.params = {2048, 5120, static_cast<int64_t>(GatedActivation::silu),
+                                        static_cast<int64_t>(DType::bf16)};
+                         cand.config = {c.bn, c.stages};
+                         BenchInstance inst = with_forced_config(
+                             make_instance(rt, M, 2048, 5120, DType::bf16, GatedActivation::silu, true), cand,
+                             "gated MLP");
+                         if (c.tile_grid)
+                           inst.run = [run = inst.run](Stream s) {
+                             gated_mlp_tile_grid_force.store(true);
+                             run(s);
+                             gated_mlp_tile_grid_force.store(false);
+                           };
+                         return inst;
+                       }});
 });
 }  // namespace
 

@@ -9,8 +9,10 @@
 // step one wgmma on W_g and one on W_u that share the A descriptor; it keeps one chunk of MMAs in flight and releases a
 // stage once the MMAs reading it have completed. Epilogue straight from the registers: act(g)·u in fp32, rounded once
 // to the output dtype, rows past M and columns past I masked.
-// Tiles are rastered in groups of 8 row tiles: consecutive CTAs share a weight tile (read once from DRAM while the
-// group's x rows stay in L2).
+// Tiles are rastered in groups of 8 row tiles: consecutive tiles share a weight tile (read once from DRAM while the
+// group's x rows stay in L2). A CTA takes tiles blockIdx.x, + gridDim.x, …: with one CTA a tile (grid = the tile
+// count) that is one tile; with a persistent grid (one CTA an SM) the ring runs on across tiles, so the producer lands
+// the next tile's first chunks while the consumers finish the current one's MMAs and epilogue.
 #pragma once
 #include "kiln/gated_mlp_args.h"
 #include "kiln/wgmma.cuh"
@@ -23,7 +25,13 @@ namespace gmlp {
 template <int ACT>
 __device__ __forceinline__ float activation(float z) {
   if constexpr (ACT == 0) {
-    return z / (1.0f + expf(-z));  // silu; z → −∞: −0, z → +∞: z, NaN stays NaN
+    // silu = z · 1 / (1 + e^−z) with the SFU's exp2 and reciprocal (relative error ≈ 2⁻²¹, far below the output's
+    // rounding; the IEEE expf and division cost ≈ 25 instructions an element in the epilogue). z → −∞: −0 (the
+    // reciprocal of ∞ is 0), −∞ itself NaN as z / ∞; z → +∞: z; NaN stays NaN.
+    float e, r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(z * -1.4426950408889634f));
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+    return z * r;
   } else {
     return 0.5f * z * (1.0f + erff(z * 0.7071067811865476f));  // exact erf GELU
   }
@@ -46,8 +54,8 @@ __device__ __forceinline__ void store2(T* row, int col, float v0, float v1, bool
 
 }  // namespace gmlp
 
-// Grid: m_tiles · ceil(I / BN) CTAs (1-D), 384 threads, dynamic shared memory 1 KiB alignment slack + STAGES ×
-// (16 KiB x tile + 2 × BN·128 B weight tiles) + 2·STAGES mbarriers.
+// Grid: 1-D, at most m_tiles · ceil(I / BN) CTAs (fewer: each takes every gridDim.x-th tile), 384 threads, dynamic
+// shared memory 1 KiB alignment slack + STAGES × (16 KiB x tile + 2 × BN·128 B weight tiles) + 2·STAGES mbarriers.
 template <int H, int I, int ACT, typename T, int BN, int STAGES>
 __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant__ GatedMlpArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -62,10 +70,14 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
   const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u, bars = base + STAGES * STAGE;
   const int tid = threadIdx.x, wg = tid / 128;
 
-  // Tile of this CTA: groups of GM row tiles, row tile fastest inside a group.
-  const int b = static_cast<int>(blockIdx.x), group = b / (GM * NT), first = group * GM;
-  const int gm = a.m_tiles - first < GM ? a.m_tiles - first : GM, r = b - group * GM * NT;
-  const int m0 = (first + r % gm) * BM, n0 = (r / gm) * BN;
+  // Tile t's origin: groups of GM row tiles, row tile fastest inside a group.
+  const int tiles = a.m_tiles * NT;
+  auto origin = [&](int t, int& m0, int& n0) {
+    const int group = t / (GM * NT), first = group * GM;
+    const int gm = a.m_tiles - first < GM ? a.m_tiles - first : GM, r = t - group * GM * NT;
+    m0 = (first + r % gm) * BM;
+    n0 = (r / gm) * BN;
+  };
 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -84,69 +96,79 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
       prefetch_tmap(&a.tmu);
       int s = 0;
       u32 phase = 0;
-      for (int kc = 0; kc < CHUNKS; ++kc) {
-        mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
-        const u32 full = bars + 8 * s, sa = base + s * STAGE;
-        mbar_arrive_expect_tx(full, TX);
-        tma_load_2d(sa, &a.tmx, full, kc * KB, m0);
-        tma_load_2d(sa + A_BYTES, &a.tmg, full, kc * KB, n0);
-        tma_load_2d(sa + A_BYTES + B_BYTES, &a.tmu, full, kc * KB, n0);
-        if (++s == STAGES) {
-          s = 0;
-          phase ^= 1;
+      for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
+        int m0, n0;
+        origin(t, m0, n0);
+        for (int kc = 0; kc < CHUNKS; ++kc) {
+          mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+          const u32 full = bars + 8 * s, sa = base + s * STAGE;
+          mbar_arrive_expect_tx(full, TX);
+          tma_load_2d(sa, &a.tmx, full, kc * KB, m0);
+          tma_load_2d(sa + A_BYTES, &a.tmg, full, kc * KB, n0);
+          tma_load_2d(sa + A_BYTES + B_BYTES, &a.tmu, full, kc * KB, n0);
+          if (++s == STAGES) {
+            s = 0;
+            phase ^= 1;
+          }
         }
       }
     }
   } else {  // consumers
     setmaxnreg_inc<232>();
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
-    float g[BN / 2], u[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) g[i] = u[i] = 0.f;
-    int s = 0, prev = -1;
-    u32 phase = 0;
-    for (int kc = 0; kc < CHUNKS; ++kc) {
-      mbar_wait(bars + 8 * s, phase);
-      const u32 sa = base + s * STAGE + wm * 64 * 128, sg = base + s * STAGE + A_BYTES, su = sg + B_BYTES;
-      wgmma::fence_regs(g);
-      wgmma::fence_regs(u);
-      wgmma::wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
-        const u64 da = wgmma::desc_sw128(sa + ks * 32);
-        wgmma::mma<BN, T>(g, da, wgmma::desc_sw128(sg + ks * 32));
-        wgmma::mma<BN, T>(u, da, wgmma::desc_sw128(su + ks * 32));
-      }
-      wgmma::wgmma_commit();
-      wgmma::wgmma_wait<1>();
-      wgmma::fence_regs(g);
-      wgmma::fence_regs(u);
-      if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));  // its MMAs are done
-      prev = s;
-      if (++s == STAGES) {
-        s = 0;
-        phase ^= 1;
-      }
-    }
-    wgmma::wgmma_wait<0>();
-    wgmma::fence_regs(g);
-    wgmma::fence_regs(u);
-    // Register i of lane l: row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}.
-    const int row0 = m0 + wm * 64 + warp * 16 + (lane >> 2);
     T* out = static_cast<T*>(a.out);
     const bool even = (a.out_stride & 1) == 0;  // pairs of an odd row stride are not aligned in every row
+    int s = 0;
+    u32 phase = 0;
+    for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
+      int m0, n0;
+      origin(t, m0, n0);
+      float g[BN / 2], u[BN / 2];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = row0 + 8 * h;
-      if (row >= a.M) continue;
-      T* dst = out + static_cast<i64>(row) * a.out_stride;
+      for (int i = 0; i < BN / 2; ++i) g[i] = u[i] = 0.f;
+      int prev = -1;
+      for (int kc = 0; kc < CHUNKS; ++kc) {
+        mbar_wait(bars + 8 * s, phase);
+        const u32 sa = base + s * STAGE + wm * 64 * 128, sg = base + s * STAGE + A_BYTES, su = sg + B_BYTES;
+        wgmma::fence_regs(g);
+        wgmma::fence_regs(u);
+        wgmma::wgmma_fence();
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        const int col = n0 + 8 * j + 2 * (lane & 3);
-        if (col >= I) continue;
-        const int i = 4 * j + 2 * h;
-        const float v0 = gmlp::activation<ACT>(g[i]) * u[i], v1 = gmlp::activation<ACT>(g[i + 1]) * u[i + 1];
-        gmlp::store2<T>(dst, col, v0, v1, I % 2 == 0 || col + 1 < I, even);
+        for (int ks = 0; ks < 4; ++ks) {
+          const u64 da = wgmma::desc_sw128(sa + ks * 32);
+          wgmma::mma<BN, T>(g, da, wgmma::desc_sw128(sg + ks * 32));
+          wgmma::mma<BN, T>(u, da, wgmma::desc_sw128(su + ks * 32));
+        }
+        wgmma::wgmma_commit();
+        wgmma::wgmma_wait<1>();
+        wgmma::fence_regs(g);
+        wgmma::fence_regs(u);
+        if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));  // its MMAs are done
+        prev = s;
+        if (++s == STAGES) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+      wgmma::wgmma_wait<0>();
+      wgmma::fence_regs(g);
+      wgmma::fence_regs(u);
+      if ((tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));  // the last chunk: the next tile may land
+      // Register i of lane l: row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}.
+      const int row0 = m0 + wm * 64 + warp * 16 + (lane >> 2);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = row0 + 8 * h;
+        if (row >= a.M) continue;
+        T* dst = out + static_cast<i64>(row) * a.out_stride;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const int col = n0 + 8 * j + 2 * (lane & 3);
+          if (col >= I) continue;
+          const int i = 4 * j + 2 * h;
+          const float v0 = gmlp::activation<ACT>(g[i]) * u[i], v1 = gmlp::activation<ACT>(g[i + 1]) * u[i + 1];
+          gmlp::store2<T>(dst, col, v0, v1, I % 2 == 0 || col + 1 < I, even);
+        }
       }
     }
   }
