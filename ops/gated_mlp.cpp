@@ -20,6 +20,8 @@ namespace detail {
 BenchInstance gated_mlp_instance(Runtime& rt, int64_t M, int64_t H, int64_t I, DType dtype, GatedActivation act);
 // Measurement only (bench rows `… grid=tiles`): launch one CTA a tile instead of the persistent grid.
 std::atomic<bool> gated_mlp_tile_grid_force{false};
+// Measurement only (bench rows `… store=direct`): the epilogue stores from the registers even where it could stage.
+std::atomic<bool> gated_mlp_direct_store_force{false};
 // The op's default (bn, stages) for I output columns and M rows on `sms` SMs (below; tested on the CPU).
 std::pair<int, int> gated_mlp_default_config(int64_t I, int64_t M, int sms);
 }  // namespace detail
@@ -42,9 +44,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                      s.config[C_BN], s.config[C_STAGES]);
 }
 
-// 1 KiB alignment slack + the ring (x tile 16 KiB + two weight tiles of BN rows × 128 bytes a stage) + its mbarriers.
+// 1 KiB alignment slack + the ring (x tile 16 KiB + two weight tiles of BN rows × 128 bytes a stage) + for 16-bit
+// dtypes the two warpgroups' 64 × BN staging buffers of the TMA-store epilogue + the ring's mbarriers.
 int smem_bytes(const Specialization& s) {
-  return 1024 + s.config[C_STAGES] * (kBM * 128 + 2 * s.config[C_BN] * 128) + 16 * s.config[C_STAGES];
+  const int staging = dtype_size(static_cast<DType>(s.params[P_DTYPE])) == 2 ? 2 * 64 * s.config[C_BN] * 2 : 0;
+  return 1024 + s.config[C_STAGES] * (kBM * 128 + 2 * s.config[C_BN] * 128) + staging + 16 * s.config[C_STAGES];
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -56,13 +60,13 @@ FamilyDef g_family{"gated_mlp", {"fwd"}, {"H", "I", "act", "dtype"}, {"bn", "sta
 
 }  // namespace
 
-// The heuristic default for M rows on `sms` SMs: the 128-column tile (a 128 × (128 + 128) MMA tile, 4 stages, 193
-// KiB of shared memory) or the 64-column one (6 stages), whichever a wave model gives less time: a wave of 64-column
-// tiles takes 0.53 of a wave of 128-column ones (H200, session 29, persistent grid, H 2048, I 5120: 12.6–13.0 against
-// 23.9–24.9 µs a wave at M = 1024 … 8192), and each takes ceil(tiles / sms) waves. So at I = 5120 M ≤ 1024 takes 64
-// columns (M = 1024: 65.1 against 74.8 µs; M = 128: 17.0 against 26.2) and M ≥ 2048 128 (124.0 against 129.0; 8192:
-// 478.2 against 492.9). I ≤ 64: 64 columns. M < 0 (no token count: the search space's first point, prewarm) or
-// sms ≤ 0: 128 columns where I > 64.
+// The heuristic default for M rows on `sms` SMs: the 128-column tile (a 128 × (128 + 128) MMA tile, 4 stages, 225
+// KiB of shared memory with the staging buffers) or the 64-column one (6 stages), whichever a wave model gives less
+// time: a wave of 64-column tiles takes 0.53 of a wave of 128-column ones (H200, session 29, persistent grid and TMA
+// stores, H 2048, I 5120: 11.8–12.2 against 22.2–23.2 µs a wave at M = 1024 … 8192), and each takes ceil(tiles /
+// sms) waves. So at I = 5120 M ≤ 1024 takes 64 columns (M = 1024: 61.0 against 69.5 µs; M = 128: 16.6 against
+// 25.9) and M ≥ 2048 128 (116.1 against 121.6; 8192: 443.9 against 459.5). I ≤ 64: 64 columns. M < 0 (no token
+// count: the search space's first point, prewarm) or sms ≤ 0: 128 columns where I > 64.
 std::pair<int, int> detail::gated_mlp_default_config(int64_t I, int64_t M, int sms) {
   bool narrow = I <= 64;
   if (!narrow && M > 0 && sms > 0) {
@@ -185,11 +189,19 @@ void fused_gated_mlp(Runtime& rt, const TensorRef& x, const TensorRef& gate_weig
   encode_tma_2d(a.tmu, up_weight.data, t, H, I, H * es, s.config[C_BN]);
   a.out = out.data;
   a.out_stride = orr.stride;
+  // The TMA-store epilogue: 16-bit out with 16-byte-aligned rows (TMA's global address and pitch rule) and I a
+  // multiple of 8: the copy engine clips a box at the tensor's last column only to a 16-byte boundary (measured:
+  // with I = 777 and a row stride of 784 it wrote columns 777 … 783 of the row padding), so a partial last 16 bytes
+  // takes the register stores.
+  a.staged = es == 2 && (I * es) % 16 == 0 && (orr.stride * es) % 16 == 0 &&
+             reinterpret_cast<uintptr_t>(out.data) % 16 == 0 &&
+             !gated_mlp_direct_store_force.load(std::memory_order_relaxed);
+  if (a.staged) encode_tma_2d(a.tmo, out.data, t, I, M, orr.stride * es, 64);
   a.M = static_cast<int>(M);
   a.m_tiles = static_cast<int>(m_tiles);
   LaunchDims d;
-  // Persistent: one CTA an SM (193 KiB of shared memory: one fits), each taking every grid-th tile, so its ring runs
-  // on from one tile into the next.
+  // Persistent: one CTA an SM (every config takes over half of the 227 KiB: one fits), each taking every grid-th
+  // tile, so its ring runs on from one tile into the next.
   const int64_t grid = gated_mlp_tile_grid_force.load(std::memory_order_relaxed) ? tiles : std::min<int64_t>(tiles, sms);
   d.grid[0] = static_cast<unsigned>(grid);
   d.block[0] = 384;

@@ -225,8 +225,8 @@ TEST(GatedMlpFamily, EnumeratesThePresetsMlps) {
 }
 
 // The default by M (the wave model, ops/gated_mlp.cpp): at I = 5120 on 132 SMs the 128-column tile from M = 2048 up,
-// the 64-column one at M ≤ 1024 (the session-29 H200 rows: 65.1 against 74.8 µs at M = 1024, 17.0 against 26.2 at
-// 128; 124.0 against 129.0 at 2048 the other way); 64 columns wherever I ≤ 64; no token count or SM count: 128.
+// the 64-column one at M ≤ 1024 (the session-29 H200 rows: 61.0 against 69.5 µs at M = 1024, 16.6 against 25.9 at
+// 128; 116.1 against 121.6 at 2048 the other way); 64 columns wherever I ≤ 64; no token count or SM count: 128.
 TEST(GatedMlpFamily, DefaultConfigFollowsTheWaveModel) {
   using detail::gated_mlp_default_config;
   const std::pair<int, int> wide{128, 4}, narrow{64, 6};

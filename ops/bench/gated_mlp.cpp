@@ -151,7 +151,8 @@ BenchInstance make_instance(Runtime& rt, int64_t M, int64_t H, int64_t I, DType 
 
 }  // namespace
 
-extern std::atomic<bool> gated_mlp_tile_grid_force;  // ops/gated_mlp.cpp (measurement)
+extern std::atomic<bool> gated_mlp_tile_grid_force;     // ops/gated_mlp.cpp (measurement)
+extern std::atomic<bool> gated_mlp_direct_store_force;  // ops/gated_mlp.cpp (measurement)
 
 // The tuner's instance (ops/gated_mlp.cpp): the op alone, no cuBLASLt plan nor concatenated weights.
 BenchInstance gated_mlp_instance(Runtime& rt, int64_t M, int64_t H, int64_t I, DType dtype, GatedActivation act) {
@@ -176,17 +177,19 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   }
   // Every search-space point forced (sm_90a) at the Ling-mini-2.0 shape, M = 8192, 2048, 1024 and 128, against the
   // same cuBLASLt baseline (`fused_gated_mlp_cfg … bn=… stages=…`), and the two defaults with one CTA a tile instead
-  // of the persistent grid (`grid=tiles`, a measurement hook).
+  // of the persistent grid (`grid=tiles`) or with the epilogue storing from the registers instead of staging for TMA
+  // stores (`store=direct`; measurement hooks).
   struct Cfg {
     int bn, stages;
-    bool tile_grid;
+    bool tile_grid, direct;
   };
   for (int64_t M : {int64_t{8192}, int64_t{2048}, int64_t{1024}, int64_t{128}})
-    for (const Cfg c : {Cfg{128, 4, false}, {128, 3, false}, {64, 6, false}, {64, 5, false}, {64, 4, false},
-                        {128, 4, true}, {64, 6, true}})
+    for (const Cfg c : {Cfg{128, 4, false, false}, {128, 3, false, false}, {64, 6, false, false},
+                        {64, 5, false, false}, {64, 4, false, false}, {128, 4, true, false}, {64, 6, true, false},
+                        {128, 4, false, true}, {64, 6, false, true}})
       cases.push_back({"fused_gated_mlp_cfg",
-                       fmt::format("M={} H=2048 I=5120 bf16 silu bn={} stages={}{}", M, c.bn, c.stages,
-                                   c.tile_grid ? " grid=tiles" : ""),
+                       fmt::format("M={} H=2048 I=5120 bf16 silu bn={} stages={}{}{}", M, c.bn, c.stages,
+                                   c.tile_grid ? " grid=tiles" : "", c.direct ? " store=direct" : ""),
                        [M, c](Runtime& rt) {
                          Specialization cand;
                          cand.family = find_family("gated_mlp");
@@ -198,11 +201,13 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                          BenchInstance inst = with_forced_config(
                              make_instance(rt, M, 2048, 5120, DType::bf16, GatedActivation::silu, true), cand,
                              "gated MLP");
-                         if (c.tile_grid)
-                           inst.run = [run = inst.run](Stream s) {
-                             gated_mlp_tile_grid_force.store(true);
+                         if (c.tile_grid || c.direct)
+                           inst.run = [run = inst.run, c](Stream s) {
+                             gated_mlp_tile_grid_force.store(c.tile_grid);
+                             gated_mlp_direct_store_force.store(c.direct);
                              run(s);
                              gated_mlp_tile_grid_force.store(false);
+                             gated_mlp_direct_store_force.store(false);
                            };
                          return inst;
                        }});

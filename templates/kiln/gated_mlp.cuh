@@ -7,8 +7,11 @@
 // copy engine, so every chunk lands full boxes and no operand is ever read out of bounds. Consumer warpgroup j takes
 // rows [64·j, 64·j + 64) of the tile and keeps two accumulator sets, gate and up (m64nBN each, fp32), issuing per k
 // step one wgmma on W_g and one on W_u that share the A descriptor; it keeps one chunk of MMAs in flight and releases a
-// stage once the MMAs reading it have completed. Epilogue straight from the registers: act(g)·u in fp32, rounded once
-// to the output dtype, rows past M and columns past I masked.
+// stage once the MMAs reading it have completed. Epilogue: act(g)·u in fp32, rounded once to the output dtype; for
+// 16-bit outputs with 16-byte-aligned rows (a.staged) each warpgroup writes its 64 × BN block by stmatrix into its
+// own staging buffer (128-byte-swizzled boxes of 64 columns, the layout of the out tensor map) and one thread stores
+// it by TMA, so the warpgroup goes on to the next tile's MMAs while the copy engine writes (rows past M and columns
+// past I are clipped by the copy); otherwise straight from the registers, rows past M and columns past I masked.
 // Tiles are rastered in groups of 8 row tiles: consecutive tiles share a weight tile (read once from DRAM while the
 // group's x rows stay in L2). A CTA takes tiles blockIdx.x, + gridDim.x, …: with one CTA a tile (grid = the tile
 // count) that is one tile; with a persistent grid (one CTA an SM) the ring runs on across tiles, so the producer lands
@@ -55,7 +58,8 @@ __device__ __forceinline__ void store2(T* row, int col, float v0, float v1, bool
 }  // namespace gmlp
 
 // Grid: 1-D, at most m_tiles · ceil(I / BN) CTAs (fewer: each takes every gridDim.x-th tile), 384 threads, dynamic
-// shared memory 1 KiB alignment slack + STAGES × (16 KiB x tile + 2 × BN·128 B weight tiles) + 2·STAGES mbarriers.
+// shared memory 1 KiB alignment slack + STAGES × (16 KiB x tile + 2 × BN·128 B weight tiles) + (16-bit T: two
+// 64 × BN staging buffers, 256·BN bytes) + 2·STAGES mbarriers.
 template <int H, int I, int ACT, typename T, int BN, int STAGES>
 __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant__ GatedMlpArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -65,9 +69,10 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
   constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + 2 * B_BYTES;
   constexpr int NT = (I + BN - 1) / BN, GM = 8;
   constexpr u32 TX = STAGE;  // every box lands whole (out-of-range elements as zeros)
+  constexpr int STG = sizeof(T) == 2 ? 64 * BN * 2 : 0;  // a warpgroup's staging buffer (BN / 64 boxes of 8 KiB)
 
   extern __shared__ __align__(16) char smem_raw[];
-  const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u, bars = base + STAGES * STAGE;
+  const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u, stg = base + STAGES * STAGE, bars = stg + 2 * STG;
   const int tid = threadIdx.x, wg = tid / 128;
 
   // Tile t's origin: groups of GM row tiles, row tile fastest inside a group.
@@ -155,6 +160,36 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
       wgmma::fence_regs(u);
       if ((tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));  // the last chunk: the next tile may land
       // Register i of lane l: row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}.
+      if constexpr (STG > 0) {
+        if (a.staged) {
+          // Octets o, o + 1 of both row halves are one stmatrix.x4 (matrix q = l/8 takes its row address from lanes
+          // 8q … 8q + 7: row half q & 1, octet o + q/2); box at = column / 64, 16-byte piece jj swizzled by row & 7.
+          const u32 buf = stg + wm * STG;
+          if ((tid & 127) == 0) bulk_wait_read();  // the previous tile's stores have read the buffer
+          asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
+          const int q = lane >> 3, row = warp * 16 + (q & 1) * 8 + (lane & 7);
+          auto pk = [&](int i) {
+            return pack2<T>(gmlp::activation<ACT>(g[i]) * u[i], gmlp::activation<ACT>(g[i + 1]) * u[i + 1]);
+          };
+#pragma unroll
+          for (int o = 0; o < BN / 8; o += 2) {
+            const int col = 8 * (o + (q >> 1)), at = col >> 6, jj = (col & 63) >> 3;
+            const u32 addr = buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4);
+            asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr),
+                         "r"(pk(4 * o)), "r"(pk(4 * o + 2)), "r"(pk(4 * o + 4)), "r"(pk(4 * o + 6))
+                         : "memory");
+          }
+          fence_proxy_async();  // stmatrix writes → the copy engine's reads
+          asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
+          if ((tid & 127) == 0 && m0 + wm * 64 < a.M) {
+#pragma unroll
+            for (int at = 0; at < BN / 64; ++at)
+              if (n0 + at * 64 < I) tma_store_2d(&a.tmo, buf + at * 8192, n0 + at * 64, m0 + wm * 64);
+            bulk_commit();
+          }
+          continue;
+        }
+      }
       const int row0 = m0 + wm * 64 + warp * 16 + (lane >> 2);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -171,6 +206,8 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
         }
       }
     }
+    if constexpr (STG > 0)
+      if (a.staged && (tid & 127) == 0) bulk_wait_read();  // shared memory stays valid until the stores have read it
   }
 #else
   __trap();  // sm_90a only (the host recipe never launches it elsewhere)
