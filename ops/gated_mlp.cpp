@@ -181,7 +181,8 @@ void fused_gated_mlp(Runtime& rt, const TensorRef& x, const TensorRef& gate_weig
   const int sms = impl.device().sm_count;
   const Specialization s = impl.tuned(spec(arch, H, I, activation, t, M, sms), M);
   const int64_t n_tiles = (I + s.config[C_BN] - 1) / s.config[C_BN], tiles = m_tiles * n_tiles;
-  ck.fits_int32("x", tiles, "the tile count ceil(M/128)·ceil(I/BN)");
+  // The persistent loop's last step (t + grid) stays in int32 too.
+  ck.fits_int32("x", tiles + sms, "the tile count ceil(M/128)·ceil(I/BN) + the SM count");
 
   GatedMlpArgs a{};
   encode_tma_2d(a.tmx, x.data, t, H, M, xr.stride * es, kBM);
