@@ -162,23 +162,12 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
       // Register i of lane l: row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}.
       if constexpr (STG > 0) {
         if (a.staged) {
-          // Octets o, o + 1 of both row halves are one stmatrix.x4 (matrix q = l/8 takes its row address from lanes
-          // 8q … 8q + 7: row half q & 1, octet o + q/2); box at = column / 64, 16-byte piece jj swizzled by row & 7.
           const u32 buf = stg + wm * STG;
           if ((tid & 127) == 0) bulk_wait_read();  // the previous tile's stores have read the buffer
           asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
-          const int q = lane >> 3, row = warp * 16 + (q & 1) * 8 + (lane & 7);
-          auto pk = [&](int i) {
+          wgmma::stage_sw128<BN>(buf, lane, warp, [&](int i) {
             return pack2<T>(gmlp::activation<ACT>(g[i]) * u[i], gmlp::activation<ACT>(g[i + 1]) * u[i + 1]);
-          };
-#pragma unroll
-          for (int o = 0; o < BN / 8; o += 2) {
-            const int col = 8 * (o + (q >> 1)), at = col >> 6, jj = (col & 63) >> 3;
-            const u32 addr = buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4);
-            asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr),
-                         "r"(pk(4 * o)), "r"(pk(4 * o + 2)), "r"(pk(4 * o + 4)), "r"(pk(4 * o + 6))
-                         : "memory");
-          }
+          });
           fence_proxy_async();  // stmatrix writes → the copy engine's reads
           asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
           if ((tid & 127) == 0 && m0 + wm * 64 < a.M) {

@@ -112,11 +112,6 @@ __device__ __forceinline__ u32 bf16x2_to_f16x2(u32 w, float f) {
 __device__ __forceinline__ void bar_sync_consumers() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
 // Named barrier 2 + j over the 128 threads of consumer warpgroup j.
 __device__ __forceinline__ void bar_sync_wg(int j) { asm volatile("bar.sync %0, 128;" ::"r"(2 + j) : "memory"); }
-__device__ __forceinline__ void stmatrix_x4(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
-  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1),
-               "r"(r2), "r"(r3)
-               : "memory");
-}
 // Rows [r0, r1) of the dw tile: the sum of the S (2–4) staged partial tiles of this cluster, added in cluster-rank
 // order (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
 // PITCH < 0: the staged rows unpadded (BN·4 bytes), their 16-byte pieces XOR-swizzled with the row (piece p of row r
@@ -524,21 +519,10 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
       }
       if (!store) continue;
       if constexpr (STAGED) {
-        // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
-        // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
-        // 8m … 8m + 7: row half m & 1, octet o + m/2).
         const u32 buf = stg + j * (D::NW * 128);
         if ((tid & 127) == 0) bulk_wait_read();  // the previous block's stores have read the buffer
         rgt::bar_sync_wg(j);
-        const int mi = lane >> 3, row = warp * 16 + (mi & 1) * 8 + (lane & 7);
-#pragma unroll
-        for (int o = 0; o < D::NW / 8; o += 2) {
-          const int col = 8 * (o + (mi >> 1)), at = col >> 6, jj = (col & 63) >> 3;
-          rgt::stmatrix_x4(buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4),
-                           cvt_bf16x2(acc[4 * o], acc[4 * o + 1]), cvt_bf16x2(acc[4 * o + 2], acc[4 * o + 3]),
-                           cvt_bf16x2(acc[4 * o + 4], acc[4 * o + 5]),
-                           cvt_bf16x2(acc[4 * o + 6], acc[4 * o + 7]));
-        }
+        wgmma::stage_sw128<D::NW>(buf, lane, warp, [&](int i) { return cvt_bf16x2(acc[i], acc[i + 1]); });
         fence_proxy_async();  // stmatrix writes → the copy engine's reads
         rgt::bar_sync_wg(j);
         if ((tid & 127) == 0 && m0 + row0 < a.T) {

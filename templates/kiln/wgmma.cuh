@@ -1,6 +1,7 @@
 // kiln/wgmma.cuh — Hopper (sm_90a) warpgroup MMA plumbing shared by the families: the 128-byte-swizzle K-major
-// shared-memory descriptor, wgmma fence / commit / wait, the accumulator register fence, and wgmma.mma_async
-// wrappers with both operands in shared memory (K-major, no transpose) for bf16, fp16 and TF32.
+// shared-memory descriptor, wgmma fence / commit / wait, the accumulator register fence, wgmma.mma_async wrappers
+// with both operands in shared memory (K-major, no transpose) for bf16, fp16 and TF32, and the stmatrix staging of an
+// accumulator block for a TMA store.
 #pragma once
 #include "kiln/common.cuh"
 
@@ -85,6 +86,31 @@ template <> __device__ __forceinline__ void mma<64, float>(float (&d)[32], u64 a
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(a), "l"(b), "r"(1));
+}
+
+// stmatrix.x4: four 8 × 8 matrices of 16-bit pairs into shared memory (lanes 8m … 8m + 7 give matrix m's row
+// addresses).
+__device__ __forceinline__ void stmatrix_x4(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+
+// A warpgroup's m64nN accumulator block (register i of lane l: row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) +
+// 2·(l & 3) + {0, 1}) into shared memory at `buf` as 16-bit values in boxes of 64 rows × 64 columns (box `at` at buf +
+// 8192·at), each row's 16-byte pieces XOR-swizzled by row & 7: the layout a 128-byte-swizzle tensor map with 64-row
+// boxes stores from (TMA-store epilogues). pk(i) packs registers i and i + 1 into one 16-bit pair. Octets o, o + 1
+// of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes 8m … 8m + 7: row half
+// m & 1, octet o + m/2).
+template <int N, typename Pack>
+__device__ __forceinline__ void stage_sw128(u32 buf, int lane, int warp, Pack pk) {
+  const int m = lane >> 3, row = warp * 16 + (m & 1) * 8 + (lane & 7);
+#pragma unroll
+  for (int o = 0; o < N / 8; o += 2) {
+    const int col = 8 * (o + (m >> 1)), at = col >> 6, jj = (col & 63) >> 3;
+    stmatrix_x4(buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4), pk(4 * o), pk(4 * o + 2), pk(4 * o + 4),
+                pk(4 * o + 6));
+  }
 }
 
 }  // namespace wgmma
