@@ -354,6 +354,40 @@ TEST_F(GatedMlpGpu, EverySearchSpacePointMatches) {
   }
 }
 
+// GELU's relative accuracy across z ∈ [−9, 9] (fp32 out, so nothing is rounded after the activation): x row m =
+// (z_m, 1, 0, …) with z_m = −9 + m/16 (exact in TF32), W_g row i = (1, 0, …), W_u row i = (0, 1, 0, …), so g = z_m,
+// u = 1 and out[m][i] = GELU(z_m) exactly but for the activation. Every element within 1e-5 of the double reference,
+// relatively (the kernel's erfc form: ≤ 2.2e-5 only below z ≈ −12; the fp32 ½·z·(1 + erf) form would miss by up to
+// 4.8 % on [−5, −1] and return −0 below −5.54).
+TEST_F(GatedMlpGpu, GeluKeepsItsRelativeAccuracyInTheTail) {
+  const Case c{289, 8, 16, DType::f32, GatedActivation::gelu};
+  Data d{c, std::vector<float>(c.M * c.H, 0.0f), std::vector<float>(c.I * c.H, 0.0f),
+         std::vector<float>(c.I * c.H, 0.0f)};
+  for (int64_t m = 0; m < c.M; ++m) {
+    d.x[m * c.H] = -9.0f + static_cast<float>(m) / 16.0f;
+    d.x[m * c.H + 1] = 1.0f;
+  }
+  for (int64_t i = 0; i < c.I; ++i) {
+    d.wg[i * c.H] = 1.0f;
+    d.wu[i * c.H + 1] = 1.0f;
+  }
+  const Result res = run(d);
+  double worst = 0, at = 0;
+  for (int64_t m = 0; m < c.M; ++m) {
+    const double z = -9.0 + static_cast<double>(m) / 16.0, want = 0.5 * z * std::erfc(-z / std::sqrt(2.0));
+    for (int64_t i = 0; i < c.I; ++i) {
+      const double got = res.out[m * c.I + i];
+      const double rel = want == 0 ? std::fabs(got) : std::fabs(got - want) / std::fabs(want);
+      if (!(rel <= worst)) {
+        worst = std::isnan(rel) ? INFINITY : rel;
+        at = z;
+      }
+    }
+  }
+  RecordProperty("worst_relative_error", std::to_string(worst));
+  EXPECT_LE(worst, 1e-5) << "at z = " << at;
+}
+
 // How the tensor cores read fp32 operands: x = 1 + 3·2⁻¹² is 1 truncated to TF32 and 1 + 2⁻¹⁰ rounded to nearest,
 // W = 1, so g = u = H·x̃ tells the two apart by 2⁻¹⁰ relative (fp32 accumulation of H = 64 such terms is exact). The
 // reference (and the grid's tolerance argument) assumes truncation; the result names what the device does.
