@@ -3,6 +3,8 @@
 #include "kiln/dtype.hpp"
 #include "kiln/errors.hpp"
 #include "kiln/model.hpp"
+#include "kiln/ops/fp8.hpp"
+#include "kiln/ops/fp8_gemm.hpp"
 #include "kiln/ops/gated_mlp.hpp"
 #include "kiln/ops/qk_norm_half_rope.hpp"
 #include "kiln/ops/moe.hpp"
