@@ -44,6 +44,7 @@ constexpr int kLtCompute32FFastTf32 = 77;       // CUBLAS_COMPUTE_32F_FAST_TF32
 constexpr int kLtR32F = 0;                      // CUDA_R_32F
 constexpr int kLtR16F = 2;                      // CUDA_R_16F
 constexpr int kLtR16BF = 14;                    // CUDA_R_16BF
+constexpr int kLtR8F_E4M3 = 28;                 // CUDA_R_8F_E4M3
 constexpr int32_t kLtOpN = 0, kLtOpT = 1;       // CUBLAS_OP_N / _T
 constexpr int kLtDescTransA = 3, kLtDescTransB = 4;  // CUBLASLT_MATMUL_DESC_TRANSA / _TRANSB
 constexpr int kLtPrefMaxWorkspace = 1;          // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES
@@ -53,7 +54,7 @@ constexpr size_t kWorkspaceBytes = size_t{32} << 20;
 #ifdef KILN_HAVE_CUBLASLT_H
 static_assert(kLtSuccess == CUBLAS_STATUS_SUCCESS && kLtCompute32F == CUBLAS_COMPUTE_32F &&
               kLtCompute32FFastTf32 == CUBLAS_COMPUTE_32F_FAST_TF32 && kLtR32F == CUDA_R_32F &&
-              kLtR16F == CUDA_R_16F && kLtR16BF == CUDA_R_16BF && kLtOpN == CUBLAS_OP_N && kLtOpT == CUBLAS_OP_T &&
+              kLtR16F == CUDA_R_16F && kLtR16BF == CUDA_R_16BF && kLtR8F_E4M3 == CUDA_R_8F_E4M3 && kLtOpN == CUBLAS_OP_N && kLtOpT == CUBLAS_OP_T &&
               kLtDescTransA == CUBLASLT_MATMUL_DESC_TRANSA && kLtDescTransB == CUBLASLT_MATMUL_DESC_TRANSB &&
               kLtPrefMaxWorkspace == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES &&
               kLtAlgoConfigId == CUBLASLT_ALGO_CONFIG_ID);
@@ -134,6 +135,7 @@ int lt_type(DType t) {
     case DType::bf16: return kLtR16BF;
     case DType::f16: return kLtR16F;
     case DType::f32: return kLtR32F;
+    case DType::e4m3: return kLtR8F_E4M3;
     default: return -1;
   }
 }
@@ -166,7 +168,7 @@ CublasLtGemm::CublasLtGemm(int64_t T, int64_t K, int64_t E) : CublasLtGemm(T, K,
 CublasLtGemm::CublasLtGemm(int64_t T, int64_t K, int64_t E, const CublasLtGemmOptions& opts)
     : impl_(std::make_unique<Impl>()) {
   const int ab_type = lt_type(opts.ab), d_type = lt_type(opts.d);
-  if (ab_type < 0 || d_type < 0) {
+  if (ab_type < 0 || d_type < 0 || opts.d == DType::e4m3) {
     why_ = fmt::format("CublasLtGemm: unsupported element types ({} inputs, {} output)", dtype_name(opts.ab),
                        dtype_name(opts.d));
     return;

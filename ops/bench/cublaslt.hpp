@@ -13,7 +13,7 @@ namespace kiln::detail {
 
 // The element types of a CublasLtGemm (the layouts are fixed: see below). The default is the router's problem.
 struct CublasLtGemmOptions {
-  DType ab = DType::bf16;  // x and w (A and B): bf16, f16 or f32
+  DType ab = DType::bf16;  // x and w (A and B): bf16, f16, f32 or e4m3 (fp8 needs this "TN" layout: both K-major)
   DType d = DType::f32;    // the output (C and D): bf16, f16 or f32
   // Compute is fp32 accumulation with fp32 alpha / beta, always; with f32 A / B, tf32 picks
   // CUBLAS_COMPUTE_32F_FAST_TF32 (tensor cores on TF32-rounded inputs, what torch does with allow_tf32) instead of

@@ -10,19 +10,46 @@
 #include <vector>
 
 #include "kiln/ops/fp8_gemm.hpp"
+#include "ops/bench/cublaslt.hpp"
 #include "runtime/bench.hpp"
 #include "runtime/family.hpp"
 
 namespace kiln::detail {
 namespace {
 
-BenchInstance gemm_instance(Runtime& rt, int64_t M, int64_t N, int64_t K, DType out) {
+// The same-run baseline: cuBLASLt's fp8 GEMM on e4m3 operands with per-tensor scales 1 (what torch._scaled_mm runs),
+// c bf16 [M, N] = a [M, K] · bᵀ where cuBLASLt's fp8 path takes b K-major: a transposed copy of b's bytes [N, K],
+// made once here. The bytes are the row's codes (no 0x7F / 0xFF: e4m3's NaN), so both GEMMs read the same amount.
+void add_cublas_fp8_baseline(BenchInstance& inst, DeviceBuffers& b, const void* a, const std::vector<uint8_t>& h,
+                             int64_t M, int64_t N, int64_t K, DType out, std::shared_ptr<CublasLtGemm>& keep) {
+  CublasLtGemmOptions o;
+  o.ab = DType::e4m3;
+  o.d = out;
+  keep = std::make_shared<CublasLtGemm>(M, K, N, o);
+  if (!keep->available()) {
+    inst.baseline_name = "cuBLASLt fp8 unavailable: " + keep->why();
+    return;
+  }
+  std::vector<uint8_t> t(static_cast<size_t>(N * K));
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) t[n * K + k] = h[k * N + n];
+  void* bt = b.alloc(N * K);
+  copy_to_device(bt, t.data(), N * K);
+  void* y = b.alloc(M * N * dtype_size(out));
+  const std::shared_ptr<CublasLtGemm> lt = keep;
+  inst.baseline = [lt, a, bt, y](Stream s) { lt->run(a, bt, y, s); };
+  inst.baseline_name = fmt::format("cuBLASLt fp8 e4m3 × e4m3 → {}, per-tensor scales, fp32 accumulate, {}",
+                                   dtype_name(out), lt->description());
+}
+
+BenchInstance gemm_instance(Runtime& rt, int64_t M, int64_t N, int64_t K, DType out, bool with_baseline) {
   auto b = std::make_shared<DeviceBuffers>();
   std::vector<uint8_t> h(static_cast<size_t>(std::max(M * K, K * N)));
   uint64_t s = bench_seed();
   for (auto& x : h) {
     s = s * 6364136223846793005ull + 1442695040888963407ull;
     x = static_cast<uint8_t>(1 + (s >> 33) % 255);
+    if ((x & 0x7F) == 0x7F) x ^= 1;  // no e4m3 NaN (the cuBLASLt baseline reads the same bytes)
   }
   void* a = b->alloc(M * K);
   void* bw = b->alloc(K * N);
@@ -36,12 +63,17 @@ BenchInstance gemm_instance(Runtime& rt, int64_t M, int64_t N, int64_t K, DType 
   const TensorRef ta = TensorRef::contiguous(a, DType::u8, {M, K}), tb = TensorRef::contiguous(bw, DType::u8, {K, N});
   const TensorRef c = TensorRef::contiguous(b->alloc(M * N * dtype_size(out)), out, {M, N});
   BenchInstance inst;
-  inst.keepalive = std::make_shared<std::pair<std::shared_ptr<DeviceBuffers>, decltype(scales)>>(b, scales);
   inst.bytes = M * K + K * N + M * N * dtype_size(out);
   Runtime* r = &rt;
   inst.run = [=](Stream st) { fp8_gemm(*r, ta, tb, &scales->first, &scales->second, c, st); };
   inst.outputs = {c};
-  inst.baseline_name = "none";
+  auto lt = std::make_shared<std::shared_ptr<CublasLtGemm>>();
+  inst.keepalive = std::make_shared<std::tuple<std::shared_ptr<DeviceBuffers>, decltype(scales), decltype(lt)>>(
+      b, scales, lt);
+  if (with_baseline)
+    add_cublas_fp8_baseline(inst, *b, a, h, M, N, K, out, *lt);
+  else
+    inst.baseline_name = "none (the tuner's instance)";
   return inst;
 }
 
@@ -52,14 +84,14 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                 std::tuple{int64_t{128}, int64_t{7168}, int64_t{16384}},
                                 std::tuple{int64_t{1024}, int64_t{4096}, int64_t{7168}}})
     cases.push_back({"fp8_gemm", fmt::format("M={} N={} K={} codes bf16", M, N, K),
-                     [=](Runtime& rt) { return gemm_instance(rt, M, N, K, DType::bf16); }});
+                     [=](Runtime& rt) { return gemm_instance(rt, M, N, K, DType::bf16, true); }});
 });
 
 }  // namespace
 
 BenchInstance fp8_gemm_tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  if (s.kernel != 0) return gemm_instance(rt, std::max<int64_t>(tokens, 1), 128, 128, DType::bf16);
-  return gemm_instance(rt, std::max<int64_t>(tokens, 1), s.params[0], s.params[1], static_cast<DType>(s.params[2]));
+  if (s.kernel != 0) return gemm_instance(rt, std::max<int64_t>(tokens, 1), 128, 128, DType::bf16, false);
+  return gemm_instance(rt, std::max<int64_t>(tokens, 1), s.params[0], s.params[1], static_cast<DType>(s.params[2]), false);
 }
 
 }  // namespace kiln::detail
