@@ -1,4 +1,5 @@
-// Host recipe: GEMM on the uint8 "FP8 compatibility format" (templates/kiln/fp8_gemm.cuh). Spec: triton-ops.md §5, §8.
+// Host recipe: GEMM on the uint8 "FP8 compatibility format" (templates/kiln/fp8_gemm.cuh), its prepared weights, and
+// FP8Linear on them. Spec: triton-ops.md §5, §6, §8.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include "kiln/fp8_gemm_args.h"
 #include "kiln/ops/fp8.hpp"
 #include "kiln/ops/fp8_gemm.hpp"
+#include "kiln/ops/fp8_linear.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
@@ -24,7 +26,7 @@ BenchInstance fp8_gemm_tune_instance(Runtime& rt, const Specialization& s, int64
 namespace {
 using namespace detail;
 
-enum : uint32_t { kGemm = 0, kBPrep = 1 };
+enum : uint32_t { kGemm = 0, kBPrep = 1, kBPrepNk = 2 };
 enum { P_N, P_K, P_OUT };
 enum { C_BN, C_STAGES };
 constexpr int kBM = 128;
@@ -33,8 +35,8 @@ constexpr int64_t kMaxN = 65536;
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/fp8_gemm.cuh\"\n";
-  if (s.kernel == kBPrep) {
-    name = "kiln::fp8_gemm_b_prep_kernel";
+  if (s.kernel != kGemm) {
+    name = s.kernel == kBPrep ? "kiln::fp8_gemm_b_prep_kernel" : "kiln::fp8_gemm_b_prep_nk_kernel";
     return;
   }
   name = fmt::format("kiln::fp8_gemm_kernel<{}, {}, {}, {}, {}>", s.params[P_N], s.params[P_K],
@@ -44,7 +46,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // 1 KiB alignment slack + the ring (a tile 16 KiB + bᵀ tile BN·128 B a stage) + for 16-bit outputs two 64 × BN
 // staging buffers + the ring's mbarriers.
 int smem_bytes(const Specialization& s) {
-  if (s.kernel == kBPrep) return 0;
+  if (s.kernel != kGemm) return 0;
   const int staging = dtype_size(static_cast<DType>(s.params[P_OUT])) == 2 ? 2 * 64 * s.config[C_BN] * 2 : 0;
   return 1024 + s.config[C_STAGES] * (kBM * 128 + s.config[C_BN] * 128) + staging + 16 * s.config[C_STAGES];
 }
@@ -52,7 +54,7 @@ int smem_bytes(const Specialization& s) {
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
-FamilyDef g_family{"fp8_gemm", {"gemm", "b_prep"}, {"N", "K", "out"}, {"bn", "stages"}, render, smem_bytes,
+FamilyDef g_family{"fp8_gemm", {"gemm", "b_prep", "b_prep_nk"}, {"N", "K", "out"}, {"bn", "stages"}, render, smem_bytes,
                    enumerate, search_space, fp8_gemm_tune_instance};
 
 Specialization spec(Arch arch, int64_t N, int64_t K, DType out) {
@@ -68,17 +70,17 @@ Specialization spec(Arch arch, int64_t N, int64_t K, DType out) {
   return s;
 }
 
-Specialization prep_spec(Arch arch) {
+Specialization prep_spec(Arch arch, uint32_t kind) {
   Specialization s;
   s.family = &g_family;
   s.arch = arch;
-  s.kernel = kBPrep;
+  s.kernel = kind;
   return s;
 }
 
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
-  if (base.kernel == kBPrep) {
-    out.push_back(prep_spec(base.arch));
+  if (base.kernel != kGemm) {
+    out.push_back(prep_spec(base.arch, base.kernel));
     return;
   }
   const Specialization def = spec(base.arch, base.params[P_N], base.params[P_K], static_cast<DType>(base.params[P_OUT]));
@@ -91,10 +93,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
 }
 
 // The preset's projections as FP8Linear would run them (bf16 out): attention output (heads·head_dim → hidden) and
-// the dense MLP's down projection (intermediate → hidden), where K fits; and the b prep kernel.
+// the dense MLP's down projection (intermediate → hidden), where K fits; and the two b prep kernels.
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
   if (!has_wgmma(arch)) return;
-  out.push_back(prep_spec(arch));
+  out.push_back(prep_spec(arch, kBPrep));
+  out.push_back(prep_spec(arch, kBPrepNk));
   auto add = [&](int64_t N, int64_t K) {
     if (N <= 0 || N > kMaxN || K <= 0 || K > kMaxK || K % 16 != 0) return;
     for (const auto& s : out)
@@ -122,109 +125,322 @@ void check_scale(const Check& ck, const char* arg, const TensorRef* s, bool want
 
 }  // namespace
 
-KILN_REGISTER_FAMILY(fp8_gemm, g_family)
+namespace {
 
-void fp8_gemm(Runtime& rt, const TensorRef& a, const TensorRef& b, const TensorRef* a_scale, const TensorRef* b_scale,
-              const TensorRef& c, Stream stream) {
-  const Check ck{"fp8_gemm"};
-  ck.dtype("a", a, {DType::u8, DType::f32, DType::bf16, DType::f16});
-  ck.dtype("b", b, {DType::u8, DType::f32, DType::bf16, DType::f16});
-  if (a.ndim != 2) ck.shape_error("a", fmt::format("expected a 2-D [M, K] tensor, got shape {}", shape_str(a)));
-  if (b.ndim != 2) ck.shape_error("b", fmt::format("expected a 2-D [K, N] tensor, got shape {}", shape_str(b)));
-  const int64_t K = a.shape[1], N = b.shape[1];
-  if (b.shape[0] != K)
-    ck.shape_error("b", fmt::format("expected [K, N] with K = {} (a's columns), got shape {}", K, shape_str(b)));
+size_t up16(size_t v) { return (v + 15) / 16 * 16; }
+
+// A prepared weight's bytes: bᵀ [N, K] int8 | colsum [N] int32 | the encode multiplier [1] fp32 (16-byte pieces).
+struct WeightLayout {
+  size_t col = 0, scale = 0, total = 0;
+};
+WeightLayout weight_layout(int64_t N, int64_t K) {
+  WeightLayout l;
+  l.col = up16(static_cast<size_t>(N) * static_cast<size_t>(K));
+  l.scale = up16(l.col + 4 * static_cast<size_t>(N));
+  l.total = l.scale + 16;
+  return l;
+}
+
+void check_k(const Check& ck, const char* arg, int64_t K, const char* what) {
   if (K < 16 || K > kMaxK || K % 16 != 0)
-    ck.shape_error("a", fmt::format("expected K (a's columns) a multiple of 16 in [16, {}] (TMA rows of 16-byte "
-                                    "multiples; the exact int32 sum), got {}",
-                                    kMaxK, K));
-  if (N < 1 || N > kMaxN) ck.shape_error("b", fmt::format("expected N (b's columns) in [1, {}], got {}", kMaxN, N));
-  const bool a_codes = a.dtype == DType::u8, b_codes = b.dtype == DType::u8;
-  const RowView ar = as_rows(ck, "a", a, 16);
-  if (!a_codes) ck.contiguous("a", a);  // quantize_fp8 reads it as one flat tensor
-  ck.fits_int32("a", ar.rows, "M (rows)");
-  ck.contiguous("b", b);
-  if (b.numel() > 0) ck.pointer("b", b, 16);
-  check_scale(ck, "a_scale", a_scale, a_codes, "a");
-  check_scale(ck, "b_scale", b_scale, b_codes, "b");
-  ck.dtype("c", c, {DType::f16, DType::bf16, DType::f32});
-  if (c.ndim != 2 || c.shape[0] != ar.rows || c.shape[1] != N)
-    ck.shape_error("c", fmt::format("expected shape [{}, {}] (M from a, N from b), got {}", ar.rows, N, shape_str(c)));
-  const RowView cr = as_rows(ck, "c", c, static_cast<int>(dtype_size(c.dtype)));
-  const int64_t M = ar.rows;
-  if (M == 0) return;
+    ck.shape_error(arg, fmt::format("expected K ({}) a multiple of 16 in [16, {}] (TMA rows of 16-byte multiples; the "
+                                    "exact int32 sum), got {}",
+                                    what, kMaxK, K));
+}
 
+void check_n(const Check& ck, const char* arg, int64_t N, const char* what) {
+  if (N < 1 || N > kMaxN) ck.shape_error(arg, fmt::format("expected N ({}) in [1, {}], got {}", what, kMaxN, N));
+}
+
+// a [M, K]: codes (with a_scale) or float (without); rows 16-byte aligned. Returns its rows.
+RowView check_a(const Check& ck, const TensorRef& a, const TensorRef* a_scale) {
+  ck.dtype("a", a, {DType::u8, DType::f32, DType::bf16, DType::f16});
+  if (a.ndim != 2) ck.shape_error("a", fmt::format("expected a 2-D [M, K] tensor, got shape {}", shape_str(a)));
+  check_k(ck, "a", a.shape[1], "a's columns");
+  const bool codes = a.dtype == DType::u8;
+  const RowView ar = as_rows(ck, "a", a, 16);
+  if (!codes) ck.contiguous("a", a);  // quantize_fp8 reads it as one flat tensor
+  ck.fits_int32("a", ar.rows, "M (rows)");
+  check_scale(ck, "a_scale", a_scale, codes, "a");
+  return ar;
+}
+
+RowView check_c(const Check& ck, const TensorRef& c, int64_t M, int64_t N) {
+  ck.dtype("c", c, {DType::f16, DType::bf16, DType::f32});
+  if (c.ndim != 2 || c.shape[0] != M || c.shape[1] != N)
+    ck.shape_error("c", fmt::format("expected shape [{}, {}] (M from a, N from the weight), got {}", M, N,
+                                    shape_str(c)));
+  return as_rows(ck, "c", c, static_cast<int>(dtype_size(c.dtype)));
+}
+
+void check_bias(const Check& ck, const TensorRef* bias, int64_t N) {
+  if (bias == nullptr) return;
+  ck.tensor("bias", *bias, {DType::f32, DType::bf16, DType::f16}, {N}, static_cast<int>(dtype_size(bias->dtype)));
+}
+
+// b (or w) into a prepared weight at `wbase`: its codes (given, or quantize_fp8 into `codes_scratch`), the scale into
+// the weight's scale slot, then the prep kernel of its layout.
+void prepare_into(Runtime& rt, Arch arch, const TensorRef& b, const TensorRef* b_scale, bool nk, int64_t N, int64_t K,
+                  CUdeviceptr wbase, CUdeviceptr codes_scratch, Stream stream) {
   auto& impl = rt.impl();
-  const Arch arch = impl.target_arch();
+  const WeightLayout l = weight_layout(N, K);
+  const unsigned char* codes = static_cast<const unsigned char*>(b.data);
+  const CUstream cs = reinterpret_cast<CUstream>(stream);
+  if (b.dtype != DType::u8) {
+    quantize_fp8(rt, b, TensorRef::contiguous(reinterpret_cast<void*>(codes_scratch), DType::u8, {b.shape[0], b.shape[1]}),
+                 TensorRef::contiguous(reinterpret_cast<void*>(wbase + l.scale), DType::f32, {1}), stream);
+    codes = reinterpret_cast<const unsigned char*>(codes_scratch);
+  } else {
+    check(driver().cuMemcpyDtoDAsync(wbase + l.scale, reinterpret_cast<CUdeviceptr>(b_scale->data), 4, cs),
+          "cuMemcpyDtoDAsync (b_scale)");
+  }
+  LaunchDims pd;
+  pd.block[0] = 256;
+  if (nk) {
+    Fp8BPrepNkArgs p{codes, reinterpret_cast<signed char*>(wbase), reinterpret_cast<int*>(wbase + l.col),
+                     static_cast<int>(K), static_cast<int>(N)};
+    pd.grid[0] = static_cast<unsigned>((N + 7) / 8);
+    impl.launch(prep_spec(arch, kBPrepNk), pd, stream, p);
+    return;
+  }
+  check(driver().cuMemsetD32Async(wbase + l.col, 0, static_cast<size_t>(N), cs), "cuMemsetD32Async (colsum)");
+  Fp8BPrepArgs p{codes, reinterpret_cast<signed char*>(wbase), reinterpret_cast<int*>(wbase + l.col),
+                 static_cast<int>(K), static_cast<int>(N)};
+  pd.grid[0] = static_cast<unsigned>((N + 127) / 128);
+  pd.grid[1] = static_cast<unsigned>((K + 255) / 256);
+  impl.launch(prep_spec(arch, kBPrep), pd, stream, p);
+}
+
+Arch hopper_target(Runtime& rt, const char* op) {
+  const Arch arch = rt.impl().target_arch();
   if (!has_wgmma(arch))
-    throw DeviceError(fmt::format("fp8_gemm: needs an sm_90 (Hopper) device for its TMA + wgmma kernel; the target is "
-                                  "{}",
+    throw DeviceError(fmt::format("{}: needs an sm_90 (Hopper) device for its TMA + wgmma kernel; the target is {}", op,
                                   arch.name()));
+  return arch;
+}
+
+// The GEMM on a prepared weight at `wbase`. a's codes: as given, or quantized into `a_scratch` (M·K bytes + 16).
+void gemm_on_weight(Runtime& rt, const Check& ck, Arch arch, const TensorRef& a, const TensorRef* a_scale,
+                    const RowView& ar, int64_t N, int64_t K, CUdeviceptr wbase, const TensorRef* bias,
+                    const TensorRef& c, const RowView& cr, CUdeviceptr a_scratch, Stream stream) {
+  auto& impl = rt.impl();
+  const int64_t M = ar.rows;
   const int sms = impl.device().sm_count;
   const Specialization s = impl.tuned(spec(arch, N, K, c.dtype), M);
   const int64_t m_tiles = (M + kBM - 1) / kBM, tiles = m_tiles * ((N + 127) / 128);
   ck.fits_int32("a", tiles + sms, "the tile count ceil(M/128)·ceil(N/128) + the SM count");
+  const WeightLayout l = weight_layout(N, K);
+  const void* a_data = a.data;
+  const float* a_s = nullptr;
+  int64_t a_pitch = ar.stride;
+  if (a.dtype == DType::u8) {
+    a_s = static_cast<const float*>(a_scale->data);
+  } else {
+    const CUdeviceptr as = a_scratch + up16(static_cast<size_t>(M * K));
+    quantize_fp8(rt, a, TensorRef::contiguous(reinterpret_cast<void*>(a_scratch), DType::u8, {M, K}),
+                 TensorRef::contiguous(reinterpret_cast<void*>(as), DType::f32, {1}), stream);
+    a_data = reinterpret_cast<const void*>(a_scratch);
+    a_s = reinterpret_cast<const float*>(as);
+    a_pitch = K;
+  }
+  Fp8GemmArgs g{};
+  encode_tma_2d(g.tma, a_data, DType::u8, K, M, a_pitch, kBM);
+  encode_tma_2d(g.tmb, reinterpret_cast<const void*>(wbase), DType::u8, K, N, K, s.config[C_BN]);
+  const int64_t es = static_cast<int64_t>(dtype_size(c.dtype));
+  g.staged = es == 2 && N % 8 == 0 && (cr.stride * es) % 16 == 0 && reinterpret_cast<uintptr_t>(c.data) % 16 == 0;
+  if (g.staged) encode_tma_2d(g.tmo, c.data, c.dtype, N, M, cr.stride * es, 64);
+  g.colsum = reinterpret_cast<const int*>(wbase + l.col);
+  g.a_scale = a_s;
+  g.b_scale = reinterpret_cast<const float*>(wbase + l.scale);
+  g.out = c.data;
+  g.out_stride = cr.stride;
+  g.M = static_cast<int>(M);
+  g.m_tiles = static_cast<int>(m_tiles);
+  g.bias = bias != nullptr ? bias->data : nullptr;
+  g.bias_dtype = bias != nullptr ? static_cast<int>(bias->dtype) : 0;
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(std::min<int64_t>(tiles, sms));
+  d.block[0] = 384;
+  d.smem = static_cast<unsigned>(smem_bytes(s));
+  impl.launch(s, d, stream, g);
+}
 
-  // Scratch: bᵀ [N, K] int8 | colsum [N] int32 | (a float) a codes [M, K] + scale | (b float) b codes [K, N] + scale.
-  auto up16 = [](size_t v) { return (v + 15) / 16 * 16; };
-  const size_t off_col = up16(static_cast<size_t>(N * K)), off_a = up16(off_col + 4 * N);
-  const size_t off_as = up16(off_a + (a_codes ? 0 : static_cast<size_t>(M * K)));
-  const size_t off_b = off_as + 16, off_bs = up16(off_b + (b_codes ? 0 : static_cast<size_t>(K * N)));
-  const size_t total = off_bs + 16;
-  static const char owner = 0;
-  const ScratchBuffer scratch = impl.scratch(&owner, total, stream);
-  const CUdeviceptr base = scratch.ptr;
+// Runs `body` with a scratch buffer of `bytes` (released on the stream after it, also when it throws).
+template <typename F>
+void with_scratch(Runtime& rt, const void* owner, size_t bytes, Stream stream, F&& body) {
+  auto& impl = rt.impl();
+  const ScratchBuffer scratch = impl.scratch(owner, bytes, stream);
   try {
-    const void* a_data = a.data;
-    const float* a_s = a_codes ? static_cast<const float*>(a_scale->data) : reinterpret_cast<const float*>(base + off_as);
-    int64_t a_pitch = ar.stride;
-    if (!a_codes) {
-      quantize_fp8(rt, a, TensorRef::contiguous(reinterpret_cast<void*>(base + off_a), DType::u8, {M, K}),
-                   TensorRef::contiguous(reinterpret_cast<void*>(base + off_as), DType::f32, {1}), stream);
-      a_data = reinterpret_cast<const void*>(base + off_a);
-      a_pitch = K;
-    }
-    const unsigned char* b_data = static_cast<const unsigned char*>(b.data);
-    const float* b_s = b_codes ? static_cast<const float*>(b_scale->data) : reinterpret_cast<const float*>(base + off_bs);
-    if (!b_codes) {
-      quantize_fp8(rt, b, TensorRef::contiguous(reinterpret_cast<void*>(base + off_b), DType::u8, {K, N}),
-                   TensorRef::contiguous(reinterpret_cast<void*>(base + off_bs), DType::f32, {1}), stream);
-      b_data = reinterpret_cast<const unsigned char*>(base + off_b);
-    }
-    // bᵀ as int8 and its column sums.
-    check(driver().cuMemsetD32Async(base + off_col, 0, static_cast<size_t>(N), reinterpret_cast<CUstream>(stream)),
-          "cuMemsetD32Async (colsum)");
-    Fp8BPrepArgs p{b_data, reinterpret_cast<signed char*>(base), reinterpret_cast<int*>(base + off_col),
-                   static_cast<int>(K), static_cast<int>(N)};
-    LaunchDims pd;
-    pd.grid[0] = static_cast<unsigned>((N + 63) / 64);
-    pd.grid[1] = static_cast<unsigned>((K + 63) / 64);
-    pd.block[0] = 256;
-    impl.launch(prep_spec(arch), pd, stream, p);
-
-    Fp8GemmArgs g{};
-    encode_tma_2d(g.tma, a_data, DType::u8, K, M, a_pitch, kBM);
-    encode_tma_2d(g.tmb, reinterpret_cast<const void*>(base), DType::u8, K, N, K, s.config[C_BN]);
-    const int64_t es = static_cast<int64_t>(dtype_size(c.dtype));
-    g.staged = es == 2 && N % 8 == 0 && (cr.stride * es) % 16 == 0 && reinterpret_cast<uintptr_t>(c.data) % 16 == 0;
-    if (g.staged) encode_tma_2d(g.tmo, c.data, c.dtype, N, M, cr.stride * es, 64);
-    g.colsum = reinterpret_cast<const int*>(base + off_col);
-    g.a_scale = a_s;
-    g.b_scale = b_s;
-    g.out = c.data;
-    g.out_stride = cr.stride;
-    g.M = static_cast<int>(M);
-    g.m_tiles = static_cast<int>(m_tiles);
-    LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(std::min<int64_t>(tiles, sms));
-    d.block[0] = 384;
-    d.smem = static_cast<unsigned>(smem_bytes(s));
-    impl.launch(s, d, stream, g);
+    body(scratch.ptr);
   } catch (...) {
     impl.release_scratch(scratch, stream);
     throw;
   }
   impl.release_scratch(scratch, stream);
+}
+
+size_t a_scratch_bytes(const TensorRef& a, int64_t M, int64_t K) {
+  return a.dtype == DType::u8 ? 0 : up16(static_cast<size_t>(M * K)) + 16;
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(fp8_gemm, g_family)
+
+int64_t fp8_gemm_weight_bytes(int64_t N, int64_t K) {
+  if (N < 0 || K < 0) return 0;
+  return static_cast<int64_t>(weight_layout(N, K).total);
+}
+
+void fp8_gemm_prepare_weight(Runtime& rt, const TensorRef& b, const TensorRef* b_scale, Fp8WeightLayout layout,
+                             const Fp8GemmWeight& weight, Stream stream) {
+  const Check ck{"fp8_gemm_prepare_weight"};
+  ck.dtype("b", b, {DType::u8, DType::f32, DType::bf16, DType::f16});
+  const bool nk = layout == Fp8WeightLayout::nk;
+  if (b.ndim != 2)
+    ck.shape_error("b", fmt::format("expected a 2-D {} tensor, got shape {}", nk ? "[N, K]" : "[K, N]", shape_str(b)));
+  const int64_t N = nk ? b.shape[0] : b.shape[1], K = nk ? b.shape[1] : b.shape[0];
+  if (weight.N != N || weight.K != K)
+    ck.shape_error("weight", fmt::format("expected N = {} and K = {} (b's {} shape {}), got N = {}, K = {}", N, K,
+                                         nk ? "[N, K]" : "[K, N]", shape_str(b), weight.N, weight.K));
+  check_k(ck, "b", K, nk ? "b's columns" : "b's rows");
+  check_n(ck, "b", N, nk ? "b's rows" : "b's columns");
+  ck.contiguous("b", b);
+  ck.pointer("b", b, 16);
+  check_scale(ck, "b_scale", b_scale, b.dtype == DType::u8, "b");
+  if (weight.data == nullptr || reinterpret_cast<uintptr_t>(weight.data) % 16 != 0)
+    ck.invalid("weight", fmt::format("expected a 16-byte aligned device buffer of fp8_gemm_weight_bytes({}, {}) = {} "
+                                     "bytes, got address {}",
+                                     N, K, fp8_gemm_weight_bytes(N, K), weight.data));
+  const Arch arch = hopper_target(rt, ck.op);
+  static const char owner = 0;
+  const size_t codes = b.dtype == DType::u8 ? 0 : up16(static_cast<size_t>(N * K));
+  with_scratch(rt, &owner, std::max<size_t>(codes, 16), stream, [&](CUdeviceptr scratch) {
+    prepare_into(rt, arch, b, b_scale, nk, N, K, reinterpret_cast<CUdeviceptr>(weight.data), scratch, stream);
+  });
+}
+
+void fp8_gemm(Runtime& rt, const TensorRef& a, const TensorRef* a_scale, const Fp8GemmWeight& weight,
+              const TensorRef* bias, const TensorRef& c, Stream stream) {
+  const Check ck{"fp8_gemm"};
+  const RowView ar = check_a(ck, a, a_scale);
+  const int64_t K = a.shape[1], N = weight.N;
+  if (weight.K != K)
+    ck.shape_error("weight", fmt::format("expected K = {} (a's columns), got a weight prepared for K = {}", K, weight.K));
+  check_n(ck, "weight", N, "the weight's N");
+  if (weight.data == nullptr || reinterpret_cast<uintptr_t>(weight.data) % 16 != 0)
+    ck.invalid("weight", fmt::format("expected a 16-byte aligned prepared weight (fp8_gemm_prepare_weight), got address "
+                                     "{}",
+                                     weight.data));
+  check_bias(ck, bias, N);
+  const RowView cr = check_c(ck, c, ar.rows, N);
+  const int64_t M = ar.rows;
+  if (M == 0) return;
+  const Arch arch = hopper_target(rt, ck.op);
+  static const char owner = 0;
+  with_scratch(rt, &owner, std::max<size_t>(a_scratch_bytes(a, M, K), 16), stream, [&](CUdeviceptr scratch) {
+    gemm_on_weight(rt, ck, arch, a, a_scale, ar, N, K, reinterpret_cast<CUdeviceptr>(weight.data), bias, c, cr,
+                   scratch, stream);
+  });
+}
+
+void fp8_gemm(Runtime& rt, const TensorRef& a, const TensorRef& b, const TensorRef* a_scale, const TensorRef* b_scale,
+              const TensorRef& c, Stream stream) {
+  const Check ck{"fp8_gemm"};
+  const RowView ar = check_a(ck, a, a_scale);
+  ck.dtype("b", b, {DType::u8, DType::f32, DType::bf16, DType::f16});
+  if (b.ndim != 2) ck.shape_error("b", fmt::format("expected a 2-D [K, N] tensor, got shape {}", shape_str(b)));
+  const int64_t K = a.shape[1], N = b.shape[1];
+  if (b.shape[0] != K)
+    ck.shape_error("b", fmt::format("expected [K, N] with K = {} (a's columns), got shape {}", K, shape_str(b)));
+  check_n(ck, "b", N, "b's columns");
+  ck.contiguous("b", b);
+  if (b.numel() > 0) ck.pointer("b", b, 16);
+  check_scale(ck, "b_scale", b_scale, b.dtype == DType::u8, "b");
+  const RowView cr = check_c(ck, c, ar.rows, N);
+  const int64_t M = ar.rows;
+  if (M == 0) return;
+  const Arch arch = hopper_target(rt, ck.op);
+  // Scratch: the prepared weight | (b float) b's codes [K, N] | (a float) a's codes [M, K] + scale.
+  const size_t w = weight_layout(N, K).total, bq = b.dtype == DType::u8 ? 0 : up16(static_cast<size_t>(K * N));
+  static const char owner = 0;
+  with_scratch(rt, &owner, w + bq + a_scratch_bytes(a, M, K), stream, [&](CUdeviceptr base) {
+    prepare_into(rt, arch, b, b_scale, false, N, K, base, base + w, stream);
+    gemm_on_weight(rt, ck, arch, a, a_scale, ar, N, K, base, nullptr, c, cr, base + w + bq, stream);
+  });
+}
+
+
+// ---- FP8Linear (include/kiln/ops/fp8_linear.hpp): fp8_gemm on a weight prepared once per (address, dtype, version),
+// the activation quantized per call. Spec: triton-ops.md §6, §8.5.
+
+struct FP8Linear::Impl {
+  Runtime& rt;
+  int64_t in = 0, out = 0;
+  CUdeviceptr buffer = 0;  // fp8_gemm_weight_bytes(out, in), allocated at the first forward
+  bool held = false;
+  const void* key_data = nullptr;
+  DType key_dtype = DType::f32;
+  uint64_t key_version = 0;
+  int64_t prepared = 0;
+
+  Impl(Runtime& r, int64_t i, int64_t o) : rt(r), in(i), out(o) {}
+  ~Impl() {
+    if (buffer) detail::driver().cuMemFree(buffer);  // a destructor: nothing to do on failure
+  }
+};
+
+FP8Linear::FP8Linear(Runtime& rt, int64_t in_features, int64_t out_features)
+    : impl_(std::make_unique<Impl>(rt, in_features, out_features)) {
+  const Check ck{"FP8Linear"};
+  if (in_features < 16 || in_features > 66304 || in_features % 16 != 0)
+    ck.shape_error("in_features", fmt::format("expected a multiple of 16 in [16, 66304] (fp8_gemm's K), got {}",
+                                              in_features));
+  if (out_features < 1 || out_features > 65536)
+    ck.shape_error("out_features", fmt::format("expected a value in [1, 65536] (fp8_gemm's N), got {}", out_features));
+}
+
+FP8Linear::~FP8Linear() = default;
+
+int64_t FP8Linear::in_features() const { return impl_->in; }
+int64_t FP8Linear::out_features() const { return impl_->out; }
+bool FP8Linear::has_prepared_weight() const { return impl_->held; }
+int64_t FP8Linear::prepare_count() const { return impl_->prepared; }
+void FP8Linear::invalidate() { impl_->held = false; }
+
+void FP8Linear::forward(const TensorRef& x, const TensorRef& weight, uint64_t weight_version, const TensorRef* bias,
+                        const TensorRef& y, Stream stream) {
+  Impl& m = *impl_;
+  const Check ck{"FP8Linear.forward"};
+  ck.dtype("x", x, {DType::f32, DType::bf16, DType::f16});
+  if (x.ndim != 2 || x.shape[1] != m.in)
+    ck.shape_error("x", fmt::format("expected a 2-D [M, {}] tensor (in_features = {}), got shape {}", m.in, m.in,
+                                    detail::shape_str(x)));
+  ck.contiguous("x", x);
+  ck.tensor("weight", weight, {DType::f32, DType::bf16, DType::f16}, {m.out, m.in});
+  if (bias != nullptr)
+    ck.tensor("bias", *bias, {DType::f32, DType::bf16, DType::f16}, {m.out}, static_cast<int>(dtype_size(bias->dtype)));
+  ck.dtype("y", y, {DType::f16, DType::bf16, DType::f32});
+  if (y.ndim != 2 || y.shape[0] != x.shape[0] || y.shape[1] != m.out)
+    ck.shape_error("y", fmt::format("expected shape [{}, {}] (M from x, out_features), got {}", x.shape[0], m.out,
+                                    detail::shape_str(y)));
+  if (x.numel() > 0) ck.pointer("x", x, 16);
+  if (!m.held || m.key_data != weight.data || m.key_dtype != weight.dtype || m.key_version != weight_version) {
+    if (!m.buffer) {
+      m.rt.impl().bind_device();
+      detail::check(detail::driver().cuMemAlloc(&m.buffer, static_cast<size_t>(fp8_gemm_weight_bytes(m.out, m.in))),
+                    "cuMemAlloc (FP8Linear's prepared weight)");
+    }
+    m.held = false;
+    fp8_gemm_prepare_weight(m.rt, weight, nullptr, Fp8WeightLayout::nk,
+                            Fp8GemmWeight{reinterpret_cast<void*>(m.buffer), m.out, m.in}, stream);
+    m.held = true;
+    m.key_data = weight.data;
+    m.key_dtype = weight.dtype;
+    m.key_version = weight_version;
+    ++m.prepared;
+  }
+  fp8_gemm(m.rt, x, nullptr, Fp8GemmWeight{reinterpret_cast<void*>(m.buffer), m.out, m.in}, bias, y, stream);
 }
 
 }  // namespace kiln

@@ -5,6 +5,8 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <set>
 #include <vector>
@@ -86,6 +88,28 @@ TEST(Fp8CodesReference, RoundTripWithinHalfAStep) {
     const double back = ref::fp8_decode(ref::fp8_encode(v, s), s);
     ASSERT_LE(std::fabs(back - v), 0.5 * step * (1 + 1e-5)) << v;
   }
+}
+
+// The kernel's encode (templates/kiln/fp8_codes.cuh) forms t / 448 without a division: q0 = t·fp32(1/448), then
+// q0 + fma(−q0, 448, t)·fp32(1/448). That is not always the correctly rounded quotient, so this checks, for EVERY fp32
+// t in [0, 448] (the clamp's range; the rule is odd in t: −t gives the mirrored code), that the code it leads to —
+// rint(q·127) — is the spec's rint((t / 448)·127). Each operation here is one fp32 rounding (x86-64 SSE, no
+// contraction in ISO C++ mode), as the kernel's __fmul_rn / __fmaf_rn.
+TEST(Fp8CodesReference, DivisionFreeQuotientGivesTheSpecsCodes) {
+  constexpr float inv = 1.0f / 448.0f;
+  uint32_t last = 0;
+  const float top = 448.0f;
+  std::memcpy(&last, &top, 4);
+  uint64_t bad = 0, first_bad = 0;
+  for (uint32_t u = 0; u <= last; ++u) {
+    float t;
+    std::memcpy(&t, &u, 4);
+    const float spec = std::nearbyint((t / 448.0f) * 127.0f);
+    const float q0 = t * inv;
+    const float fast = std::nearbyint(std::fma(std::fma(-q0, 448.0f, t), inv, q0) * 127.0f);
+    if (fast != spec && bad++ == 0) first_bad = u;
+  }
+  EXPECT_EQ(bad, 0u) << "first at bits 0x" << std::hex << first_bad;
 }
 
 const detail::FamilyDef& family() { return registered_family("fp8_codes"); }

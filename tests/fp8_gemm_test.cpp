@@ -53,7 +53,8 @@ TEST(Fp8GemmFamily, EnumerationAndSearchSpace) {
   std::vector<detail::Specialization> specs;
   family().enumerate(load_model("ling-mini-2.0"), detail::Arch::parse("sm_90a"), specs);
   ASSERT_GE(specs.size(), 2u);
-  EXPECT_EQ(specs.front().kernel, 1u);  // the b prep kernel
+  EXPECT_EQ(specs[0].kernel, 1u);  // the b prep kernel ([K, N] b)
+  EXPECT_EQ(specs[1].kernel, 2u);  // the b prep kernel of K-major weights ([N, K])
   std::set<std::string> keys;
   for (const auto& s : specs) {
     EXPECT_TRUE(keys.insert(s.key().hex()).second) << s.describe();
@@ -75,6 +76,8 @@ TEST(Fp8GemmCompile, KernelsCompileForSm90a) {
   prep.kernel = 1;
   prep.params = {};
   prep.config = {};
+  specs.push_back(prep);
+  prep.kernel = 2;
   specs.push_back(prep);
   expect_compiles(specs);
 }
@@ -142,6 +145,96 @@ TEST_F(Fp8GemmErrors, LayoutAndAlignment) {
   EXPECT_REACHES_DEVICE(call());
   b.strides = {1, 256};
   EXPECT_THROW_NAMING(call(), "b", ShapeMismatchError);
+}
+
+TEST(Fp8GemmWeight, BytesHoldTheTransposeTheSumsAndTheScale) {
+  EXPECT_EQ(fp8_gemm_weight_bytes(64, 256), 64 * 256 + 64 * 4 + 16);
+  EXPECT_EQ(fp8_gemm_weight_bytes(7, 16), 112 + 32 + 16);  // each piece rounded up to 16 bytes
+  EXPECT_EQ(fp8_gemm_weight_bytes(-1, 16), 0);
+}
+
+class Fp8GemmWeightErrors : public Fp8GemmErrors {
+ protected:
+  void prepare() { fp8_gemm_prepare_weight(rt, b, bs, layout, w, nullptr); }
+  void gemm() { fp8_gemm(rt, a, as, w, bias, c, nullptr); }
+
+  Fp8WeightLayout layout = Fp8WeightLayout::kn;
+  Fp8GemmWeight w{fake(5), 64, 256};
+  TensorRef bias_t = TensorRef::contiguous(fake(6), DType::f32, {64});
+  const TensorRef* bias = &bias_t;
+};
+
+TEST_F(Fp8GemmWeightErrors, ValidCallsReachTheDevice) {
+  EXPECT_REACHES_DEVICE(prepare());
+  EXPECT_REACHES_DEVICE(gemm());
+  layout = Fp8WeightLayout::nk;
+  b = TensorRef::contiguous(fake(1), DType::bf16, {64, 256});  // a Linear's weight [out, in], quantized
+  bs = nullptr;
+  EXPECT_REACHES_DEVICE(prepare());
+}
+
+TEST_F(Fp8GemmWeightErrors, PrepareChecksTheWeightAgainstB) {
+  w.N = 63;
+  EXPECT_THROW_NAMING(prepare(), "weight", ShapeMismatchError);
+  w.N = 64;
+  layout = Fp8WeightLayout::nk;  // b [256, 64] read as [N, K]: N 256, K 64
+  EXPECT_THROW_NAMING(prepare(), "weight", ShapeMismatchError);
+  layout = Fp8WeightLayout::kn;
+  w.data = static_cast<char*>(fake(5)) + 4;
+  EXPECT_THROW_NAMING(prepare(), "weight", InvalidArgument);
+  w.data = nullptr;
+  EXPECT_THROW_NAMING(prepare(), "weight", InvalidArgument);
+  w.data = fake(5);
+  bs = nullptr;
+  EXPECT_THROW_NAMING(prepare(), "b_scale", InvalidArgument);
+}
+
+TEST_F(Fp8GemmWeightErrors, GemmChecksKBiasAndC) {
+  w.K = 512;
+  EXPECT_THROW_NAMING(gemm(), "weight", ShapeMismatchError);
+  w.K = 256;
+  bias_t = TensorRef::contiguous(fake(6), DType::f32, {65});
+  EXPECT_THROW_NAMING(gemm(), "bias", ShapeMismatchError);
+  bias_t = TensorRef::contiguous(fake(6), DType::i32, {64});
+  EXPECT_THROW_NAMING(gemm(), "bias", UnsupportedDtypeError);
+  bias_t = TensorRef::contiguous(static_cast<char*>(fake(6)) + 2, DType::f32, {64});
+  EXPECT_THROW_NAMING(gemm(), "bias", InvalidArgument);
+  bias = nullptr;
+  c = TensorRef::contiguous(fake(4), DType::bf16, {100, 65});
+  EXPECT_THROW_NAMING(gemm(), "c", ShapeMismatchError);
+  c = TensorRef::contiguous(fake(4), DType::bf16, {100, 64});
+  w.data = nullptr;
+  EXPECT_THROW_NAMING(gemm(), "weight", InvalidArgument);
+}
+
+TEST(Fp8LinearErrors, FeaturesAndArguments) {
+  Runtime rt{RuntimeOptions{.arch = "sm_90a", .memory_only = true}};
+  EXPECT_THROW_NAMING(FP8Linear(rt, 100, 64), "in_features", ShapeMismatchError);
+  EXPECT_THROW_NAMING(FP8Linear(rt, 0, 64), "in_features", ShapeMismatchError);
+  EXPECT_THROW_NAMING(FP8Linear(rt, 256, 0), "out_features", ShapeMismatchError);
+  FP8Linear lin(rt, 256, 64);
+  EXPECT_EQ(lin.in_features(), 256);
+  EXPECT_EQ(lin.out_features(), 64);
+  TensorRef x = TensorRef::contiguous(fake(0), DType::bf16, {100, 256});
+  TensorRef w = TensorRef::contiguous(fake(1), DType::f32, {64, 256});
+  TensorRef y = TensorRef::contiguous(fake(2), DType::bf16, {100, 64});
+  TensorRef bias = TensorRef::contiguous(fake(3), DType::f32, {64});
+  auto fwd = [&](const TensorRef* b) { lin.forward(x, w, 0, b, y, nullptr); };
+  EXPECT_REACHES_DEVICE(fwd(&bias));
+  EXPECT_FALSE(lin.has_prepared_weight());
+  x.dtype = DType::u8;
+  EXPECT_THROW_NAMING(fwd(nullptr), "x", UnsupportedDtypeError);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {100, 128});
+  EXPECT_THROW_NAMING(fwd(nullptr), "x", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {100, 256});
+  w = TensorRef::contiguous(fake(1), DType::f32, {256, 64});  // [in, out]: the module's weight is [out, in]
+  EXPECT_THROW_NAMING(fwd(nullptr), "weight", ShapeMismatchError);
+  w = TensorRef::contiguous(fake(1), DType::f32, {64, 256});
+  y = TensorRef::contiguous(fake(2), DType::bf16, {99, 64});
+  EXPECT_THROW_NAMING(fwd(nullptr), "y", ShapeMismatchError);
+  y = TensorRef::contiguous(fake(2), DType::bf16, {100, 64});
+  bias = TensorRef::contiguous(fake(3), DType::f32, {256});
+  EXPECT_THROW_NAMING(fwd(&bias), "bias", ShapeMismatchError);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include "kiln/model.hpp"
 #include "kiln/ops/fp8.hpp"
 #include "kiln/ops/fp8_gemm.hpp"
+#include "kiln/ops/fp8_linear.hpp"
 #include "kiln/ops/gated_mlp.hpp"
 #include "kiln/ops/qk_norm_half_rope.hpp"
 #include "kiln/ops/moe.hpp"

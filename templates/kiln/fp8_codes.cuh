@@ -10,7 +10,8 @@
 // Non-finite inputs (kiln's rule; triton_ops raises for a non-positive scale or propagates NaN into undefined codes):
 // NaN encodes as 128 (zero), ±inf clamp to 255 / 1; neither enters amax.
 //
-// dequantize: elementwise, ((q − 128) · fp32(448/127)) ÷ s (IEEE), rounded once to the output dtype.
+// dequantize: elementwise, ((q − 128) · fp32(448/127)) ÷ s (IEEE), rounded once to the output dtype — through a
+// per-CTA table of the 256 codes' values.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8_codes_args.h"
@@ -23,9 +24,23 @@ namespace f8c {
 __device__ __forceinline__ u32 encode(float x, float s) {
   if (x != x) return 128u;
   const float t = fminf(fmaxf(__fmul_rn(x, s), -448.0f), 448.0f);  // ±inf (or x·s overflowing) clamp
-  const float v = __fmul_rn(__fdiv_rn(t, 448.0f), 127.0f);
+  // t / 448 without a division: the reciprocal product and one FMA correction. Not always the correctly rounded
+  // quotient, but its code is the spec's for every fp32 t in [−448, 448] (checked exhaustively:
+  // tests/fp8_codes_test.cpp, Fp8Codes.DivisionFreeQuotientGivesTheSpecsCodes).
+  constexpr float inv = 1.0f / 448.0f;
+  const float q0 = __fmul_rn(t, inv);
+  const float v = __fmul_rn(__fmaf_rn(__fmaf_rn(-q0, 448.0f, t), inv, q0), 127.0f);
   return static_cast<u32>(static_cast<int>(rintf(v)) + 128);
 }
+
+template <int BYTES>
+struct Bits {
+  using type = float;
+};
+template <>
+struct Bits<2> {
+  using type = unsigned short;
+};
 
 __device__ __forceinline__ float finite_abs(float x) { return fabsf(x) <= 3.402823466e38f ? fabsf(x) : 0.0f; }
 
@@ -93,11 +108,22 @@ __global__ void __launch_bounds__(WARPS * 32) fp8_quantize_kernel(const __grid_c
     a.q[e] = static_cast<unsigned char>(f8c::encode(to_float(static_cast<const T*>(a.x)[e]), s));
 }
 
-// Grid: any (grid-stride); WARPS·32 threads.
+// Grid: any (grid-stride); WARPS·32 threads. A code has 256 values, so each CTA first computes the decoded value of
+// every code once (the spec's fp32 operations, IEEE division included, rounded to T) into a shared table; the stream
+// is then one table read an element.
 template <typename T, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) fp8_dequantize_kernel(const __grid_constant__ Fp8DequantizeArgs a) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));  // output elements a 16-byte vector
-  const float s = __ldg(a.scale), step = 448.0f / 127.0f;
+  using E = typename f8c::Bits<sizeof(T)>::type;  // T's bits (unsigned short) or fp32 itself
+  __shared__ E table[256];
+  {
+    const float s = __ldg(a.scale), step = 448.0f / 127.0f;
+    for (int c = threadIdx.x; c < 256; c += WARPS * 32) {
+      const T v = from_float<T>(__fdiv_rn(__fmul_rn(static_cast<float>(c - 128), step), s));
+      table[c] = *reinterpret_cast<const E*>(&v);
+    }
+  }
+  __syncthreads();
   const i64 vecs = a.n / V, tid = static_cast<i64>(blockIdx.x) * (WARPS * 32) + threadIdx.x;
   const i64 stride = static_cast<i64>(gridDim.x) * (WARPS * 32);
   for (i64 v = tid; v < vecs; v += stride) {
@@ -116,18 +142,21 @@ __global__ void __launch_bounds__(WARPS * 32) fp8_dequantize_kernel(const __grid
       c[2] = t.z;
       c[3] = t.w;
     }
-    Vec16 w;
+    uint4 w;
+    u32* o = reinterpret_cast<u32*>(&w);
+    if constexpr (sizeof(T) == 2) {
 #pragma unroll
-    for (int i = 0; i < V; ++i) {
-      const int q = static_cast<int>((c[i / 4] >> (8 * (i % 4))) & 0xffu) - 128;
-      vec_set<T>(w, i, __fdiv_rn(__fmul_rn(static_cast<float>(q), step), s));
+      for (int i = 0; i < 4; ++i) {
+        const u32 b = c[i / 2] >> (16 * (i % 2));
+        o[i] = static_cast<u32>(table[b & 0xffu]) | (static_cast<u32>(table[(b >> 8) & 0xffu]) << 16);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) o[i] = __float_as_uint(table[(c[0] >> (8 * i)) & 0xffu]);
     }
-    store16(static_cast<char*>(a.out) + v * 16, w);
+    *reinterpret_cast<uint4*>(static_cast<char*>(a.out) + v * 16) = w;
   }
-  for (i64 e = vecs * V + tid; e < a.n; e += stride) {
-    const int q = static_cast<int>(a.q[e]) - 128;
-    static_cast<T*>(a.out)[e] = from_float<T>(__fdiv_rn(__fmul_rn(static_cast<float>(q), step), s));
-  }
+  for (i64 e = vecs * V + tid; e < a.n; e += stride) reinterpret_cast<E*>(a.out)[e] = table[a.q[e]];
 }
 
 }  // namespace kiln

@@ -7,7 +7,8 @@
 // Kernel = the gated MLP's skeleton (templates/kiln/gated_mlp.cuh): producer warpgroup streaming K in 128-byte chunks
 // of the a tile [128 rows] and the bᵀ tile [BN rows] by TMA through a STAGES-deep ring, two consumer warpgroups of 64
 // rows each issuing wgmma.m64n128k32.s32.u8.s8 (4 a chunk), persistent grid, tiles rastered in groups of 8 row tiles;
-// epilogue: v = fp32(acc − 128·colsum[n]) · α, α = fp32((448²/127²) / (s_a·s_b)) (fp64), rounded once to the output
+// epilogue: v = fp32(acc − 128·colsum[n]) · α (+ bias[n] in fp32, where given), α = fp32((448²/127²) / (s_a·s_b))
+// (fp64), rounded once to the output
 // dtype — for 16-bit outputs with 16-byte-aligned rows and N % 8 == 0 staged by stmatrix and stored by TMA, otherwise
 // from the registers.
 #pragma once
@@ -19,24 +20,105 @@
 
 namespace kiln {
 
-// Grid (ceil(N / 64), ceil(K / 64)), 256 threads: one 64 × 64 tile of b through shared memory.
+// Grid (ceil(N / 128), ceil(K / 256)), 256 threads: 128 columns of b × 256 rows, in 4 passes of 64 rows.
+// Load: thread (ng = lane % 16, kq = 2·warp + lane / 16) reads rows 4kq … 4kq + 3, columns 8ng … 8ng + 7 (8 bytes a
+// row; a half-warp reads 128 contiguous bytes of a row) and transposes each 4 × 4 byte block with byte permutes into
+// 8 words, word i = the 4 k-bytes of column 8ng + i. Those go to shared memory as [n][16 words], the word index
+// XOR-swizzled by ng (a store instruction touches 16 rows: 2-way bank conflicts at most). Store: thread (n = tid / 16
+// + 16r, kq = tid % 16) reads one word (conflict-free) and writes it to bᵀ row n (a half-warp: 64 contiguous bytes),
+// after xor 0x80 (codes → int8); its Σ over the 4 bytes (dp4a) accumulates over the passes and is reduced over the
+// half-warp, then one atomicAdd per column and CTA (integers: the same sum in any order).
+__device__ __forceinline__ void fp8_transpose4x4(u32 x0, u32 x1, u32 x2, u32 x3, u32 (&o)[4]) {
+  const u32 t0 = __byte_perm(x0, x1, 0x5140), t1 = __byte_perm(x0, x1, 0x7362);
+  const u32 t2 = __byte_perm(x2, x3, 0x5140), t3 = __byte_perm(x2, x3, 0x7362);
+  o[0] = __byte_perm(t0, t2, 0x5410);
+  o[1] = __byte_perm(t0, t2, 0x7632);
+  o[2] = __byte_perm(t1, t3, 0x5410);
+  o[3] = __byte_perm(t1, t3, 0x7632);
+}
+
 __global__ void __launch_bounds__(256) fp8_gemm_b_prep_kernel(const __grid_constant__ Fp8BPrepArgs a) {
-  __shared__ unsigned char tile[64][65];
-  const int n0 = blockIdx.x * 64, k0 = blockIdx.y * 64, t = threadIdx.x;
-  for (int r = t / 64; r < 64; r += 4) {  // coalesced along n
-    const int k = k0 + r, n = n0 + (t & 63);
-    tile[r][t & 63] = (k < a.K && n < a.N) ? a.b[static_cast<i64>(k) * a.N + n] : 128;
+  __shared__ u32 tile[128 * 16];
+  const int t = threadIdx.x, lane = t & 31;
+  const int ng = lane & 15, kq = 2 * (t >> 5) + (lane >> 4);
+  const int n0 = blockIdx.x * 128, kb = blockIdx.y * 256;
+  const bool vec = (a.N & 7) == 0;
+  int sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int pass = 0; pass < 4; ++pass) {
+    const int k0 = kb + 64 * pass;
+    if (k0 >= a.K) break;
+    u32 w[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int k = k0 + 4 * kq + j, n = n0 + 8 * ng;
+      const unsigned char* row = a.b + static_cast<i64>(k) * a.N;
+      if (k < a.K && vec && n + 8 <= a.N) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + n));
+        w[j][0] = v.x;
+        w[j][1] = v.y;
+      } else {
+        u32 b8[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) b8[i] = (k < a.K && n + i < a.N) ? static_cast<u32>(__ldg(row + n + i)) : 128u;
+        w[j][0] = b8[0] | (b8[1] << 8) | (b8[2] << 16) | (b8[3] << 24);
+        w[j][1] = b8[4] | (b8[5] << 8) | (b8[6] << 16) | (b8[7] << 24);
+      }
+    }
+    if (pass > 0) __syncthreads();  // the previous pass's reads of the tile are done
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      u32 o[4];
+      fp8_transpose4x4(w[0][h], w[1][h], w[2][h], w[3][h], o);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) tile[(8 * ng + 4 * h + i) * 16 + (kq ^ ng)] = o[i];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      const int nl = (t >> 4) + 16 * r, q = t & 15, n = n0 + nl, k = k0 + 4 * q;
+      const u32 v = tile[nl * 16 + (q ^ (nl >> 3))] ^ 0x80808080u;
+      sum[r] = __dp4a(static_cast<int>(v), 0x01010101, sum[r]);  // rows past K hold 128: add 0
+      if (n < a.N && k < a.K) *reinterpret_cast<u32*>(a.bt + static_cast<i64>(n) * a.K + k) = v;
+    }
   }
-  __syncthreads();
-  for (int r = t / 64; r < 64; r += 4) {  // coalesced along k
-    const int n = n0 + r, k = k0 + (t & 63);
-    if (n < a.N && k < a.K) a.bt[static_cast<i64>(n) * a.K + k] = static_cast<signed char>(tile[t & 63][r] ^ 0x80);
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    int v = sum[r];
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const int n = n0 + (t >> 4) + 16 * r;
+    if ((t & 15) == 0 && n < a.N) atomicAdd(a.colsum + n, v);
   }
-  if (t < 64 && n0 + t < a.N) {
-    int s = 0;
-    for (int r = 0; r < 64; ++r) s += static_cast<int>(tile[r][t]) - 128;  // rows past K hold 128: add 0
-    atomicAdd(a.colsum + n0 + t, s);  // integers: the same sum in any order
+}
+
+// Grid ceil(N / 8), 256 threads: a warp a row of w [N, K] (K-major codes), 16 bytes a lane a step.
+__global__ void __launch_bounds__(256) fp8_gemm_b_prep_nk_kernel(const __grid_constant__ Fp8BPrepNkArgs a) {
+  const int n = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (n >= a.N) return;
+  const uint4* src = reinterpret_cast<const uint4*>(a.w + static_cast<i64>(n) * a.K);
+  uint4* dst = reinterpret_cast<uint4*>(a.bt + static_cast<i64>(n) * a.K);
+  int sum = 0;
+  for (int i = lane; i < a.K / 16; i += 32) {
+    uint4 v = __ldg(src + i);
+    v.x ^= 0x80808080u;
+    v.y ^= 0x80808080u;
+    v.z ^= 0x80808080u;
+    v.w ^= 0x80808080u;
+    sum = __dp4a(static_cast<int>(v.x), 0x01010101, sum);
+    sum = __dp4a(static_cast<int>(v.y), 0x01010101, sum);
+    sum = __dp4a(static_cast<int>(v.z), 0x01010101, sum);
+    sum = __dp4a(static_cast<int>(v.w), 0x01010101, sum);
+    dst[i] = v;
   }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (lane == 0) a.colsum[n] = sum;
+}
+
+__device__ __forceinline__ float fp8_gemm_bias(const Fp8GemmArgs& a, int col) {
+  if (a.bias_dtype == 2) return __ldg(static_cast<const float*>(a.bias) + col);
+  const u16 bits = __ldg(static_cast<const unsigned short*>(a.bias) + col);
+  return a.bias_dtype == 0 ? to_float(bf16{bits}) : to_float(f16{bits});
 }
 
 // Grid: 1-D persistent (each CTA takes every gridDim.x-th tile), 384 threads, dynamic shared memory 1 KiB slack +
@@ -140,6 +222,14 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
         for (int h = 0; h < 2; ++h) {
           v[4 * j + 2 * h] = __fmul_rn(static_cast<float>(acc[4 * j + 2 * h] - 128 * c0), alpha);
           v[4 * j + 2 * h + 1] = __fmul_rn(static_cast<float>(acc[4 * j + 2 * h + 1] - 128 * c1), alpha);
+        }
+        if (a.bias != nullptr) {
+          const float b0 = col < N ? fp8_gemm_bias(a, col) : 0.0f, b1 = col + 1 < N ? fp8_gemm_bias(a, col + 1) : 0.0f;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            v[4 * j + 2 * h] = __fadd_rn(v[4 * j + 2 * h], b0);
+            v[4 * j + 2 * h + 1] = __fadd_rn(v[4 * j + 2 * h + 1], b1);
+          }
         }
       }
       if constexpr (STG > 0) {

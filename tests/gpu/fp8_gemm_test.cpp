@@ -13,6 +13,7 @@
 
 #include "kiln/ops/fp8.hpp"
 #include "kiln/ops/fp8_gemm.hpp"
+#include "kiln/ops/fp8_linear.hpp"
 #include "reference/fp8_codes.hpp"
 #include "reference/fp8_gemm.hpp"
 #include "runtime/family.hpp"
@@ -171,6 +172,123 @@ TEST_F(Fp8GemmGpu, FloatInputsAreQuantizedPerTensor) {
     for (size_t i = 0; i < b.size(); ++i) qb[i] = ref::fp8_encode(b[i], sb);
     EXPECT_TRUE(bit_equal(got, ref::fp8_gemm(qa, qb, M, N, K, sa, sb), DType::bf16, N));
   }
+}
+
+// A prepared weight (from b [K, N] codes, from its transpose [N, K], and from a float [N, K] weight) gives the per-call
+// path's bits; a bias (fp32 / bf16 / fp16) is added in fp32 before the one rounding.
+TEST_F(Fp8GemmGpu, PreparedWeightsAndBias) {
+  Runtime& r = rt();
+  for (const Case& c : {Case{1, 200, 144, DType::bf16}, Case{129, 256, 512, DType::f16}, Case{1000, 264, 2048, DType::f32},
+                        Case{300, 7, 16, DType::bf16}}) {
+    SCOPED_TRACE(name(c));
+    const auto qa = codes(c.M * c.K, 21), qb = codes(c.K * c.N, 22);
+    std::vector<uint8_t> qt(qb.size());
+    for (int64_t k = 0; k < c.K; ++k)
+      for (int64_t n = 0; n < c.N; ++n) qt[n * c.K + k] = qb[k * c.N + n];
+    const float sa = 0.75f, sb = 41.0f;
+    const std::vector<float> want = ref::fp8_gemm(qa, qb, c.M, c.N, c.K, sa, sb);
+    const size_t es = dtype_size(c.out);
+    DeviceBuffer ab(r, qa.size()), bb(r, qb.size()), tb(r, qt.size()), sab(r, 16), sbb(r, 16), cb(r, c.M * c.N * es),
+        wb(r, fp8_gemm_weight_bytes(c.N, c.K)), biasb(r, c.N * 4);
+    ab.upload(qa);
+    bb.upload(qb);
+    tb.upload(qt);
+    sab.upload(std::vector<float>{sa});
+    sbb.upload(std::vector<float>{sb});
+    const TensorRef as = sab.ref(DType::f32, {1}), bs = sbb.ref(DType::f32, {1});
+    const Fp8GemmWeight w{wb.data(), c.N, c.K};
+    auto gemm = [&](const TensorRef* bias) {
+      cb.poison();
+      fp8_gemm(r, ab.ref(DType::u8, {c.M, c.K}), &as, w, bias, cb.ref(c.out, {c.M, c.N}), nullptr);
+      synchronize();
+      EXPECT_TRUE(cb.guards_intact());
+      return decode(c.out, cb.download<uint8_t>(c.M * c.N * es));
+    };
+    fp8_gemm_prepare_weight(r, bb.ref(DType::u8, {c.K, c.N}), &bs, Fp8WeightLayout::kn, w, nullptr);
+    EXPECT_TRUE(bit_equal(gemm(nullptr), want, c.out, c.N)) << "prepared from b [K, N]";
+    wb.poison();
+    fp8_gemm_prepare_weight(r, tb.ref(DType::u8, {c.N, c.K}), &bs, Fp8WeightLayout::nk, w, nullptr);
+    EXPECT_TRUE(bit_equal(gemm(nullptr), want, c.out, c.N)) << "prepared from bᵀ [N, K]";
+    for (DType bt : {DType::f32, DType::bf16, DType::f16}) {
+      SCOPED_TRACE(dtype_name(bt));
+      std::vector<float> bias = randn(c.N, 23, 5.0f);
+      round_to(bt, bias);
+      biasb.upload(encode(bt, bias));
+      const TensorRef bref = biasb.ref(bt, {c.N});
+      std::vector<float> wb_ = want;
+      for (int64_t i = 0; i < c.M * c.N; ++i) wb_[i] = want[i] + bias[i % c.N];  // one fp32 addition
+      EXPECT_TRUE(bit_equal(gemm(&bref), wb_, c.out, c.N));
+    }
+  }
+  // A float weight [N, K] (a Linear's), quantized per tensor by the prep.
+  const int64_t M = 77, N = 96, K = 320;
+  std::vector<float> wt = randn(N * K, 24, 0.02f), a = randn(M * K, 25, 1.0f);
+  round_to(DType::bf16, wt);
+  const auto qa = codes(M * K, 26);
+  const float sa = 3.0f, sw = ref::fp8_scale(wt);
+  std::vector<uint8_t> qb(K * N);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) qb[k * N + n] = ref::fp8_encode(wt[n * K + k], sw);
+  DeviceBuffer ab(r, qa.size()), wtb(r, wt.size() * 2), sab(r, 16), cb(r, M * N * 2), wb(r, fp8_gemm_weight_bytes(N, K));
+  ab.upload(qa);
+  wtb.upload(encode(DType::bf16, wt));
+  sab.upload(std::vector<float>{sa});
+  const TensorRef as = sab.ref(DType::f32, {1});
+  const Fp8GemmWeight w{wb.data(), N, K};
+  fp8_gemm_prepare_weight(r, wtb.ref(DType::bf16, {N, K}), nullptr, Fp8WeightLayout::nk, w, nullptr);
+  fp8_gemm(r, ab.ref(DType::u8, {M, K}), &as, w, nullptr, cb.ref(DType::bf16, {M, N}), nullptr);
+  synchronize();
+  EXPECT_TRUE(bit_equal(decode(DType::bf16, cb.download<uint8_t>(M * N * 2)), ref::fp8_gemm(qa, qb, M, N, K, sa, sw),
+                        DType::bf16, N))
+      << "float [N, K] weight";
+}
+
+// FP8Linear: y = x · Wᵀ + bias bit for bit against the reference on quantize_fp8's codes; the weight is prepared once
+// per (address, dtype, version); a new version (or invalidate()) picks up changed values, the same version keeps the
+// prepared ones (the documented contract).
+TEST_F(Fp8GemmGpu, Fp8LinearForward) {
+  Runtime& r = rt();
+  const int64_t M = 150, in = 384, out = 136;
+  FP8Linear lin(r, in, out);
+  std::vector<float> x = randn(M * in, 31, 1.5f), w1 = randn(out * in, 32, 0.02f), w2 = randn(out * in, 33, 0.03f),
+                     bias = randn(out, 34, 0.5f);
+  round_to(DType::bf16, x);
+  DeviceBuffer xb(r, x.size() * 2), wb(r, w1.size() * 4), bb(r, out * 4), yb(r, M * out * 2);
+  xb.upload(encode(DType::bf16, x));
+  wb.upload(encode(DType::f32, w1));
+  bb.upload(encode(DType::f32, bias));
+  const TensorRef xr = xb.ref(DType::bf16, {M, in}), wr = wb.ref(DType::f32, {out, in}), br = bb.ref(DType::f32, {out}),
+                  yr = yb.ref(DType::bf16, {M, out});
+  auto expect = [&](const std::vector<float>& w) {
+    const float sx = ref::fp8_scale(x), sw = ref::fp8_scale(w);
+    std::vector<uint8_t> qx(x.size()), qb(in * out);
+    for (size_t i = 0; i < x.size(); ++i) qx[i] = ref::fp8_encode(x[i], sx);
+    for (int64_t n = 0; n < out; ++n)
+      for (int64_t k = 0; k < in; ++k) qb[k * out + n] = ref::fp8_encode(w[n * in + k], sw);
+    std::vector<float> c = ref::fp8_gemm(qx, qb, M, out, in, sx, sw);
+    for (int64_t i = 0; i < M * out; ++i) c[i] = c[i] + bias[i % out];
+    return c;
+  };
+  auto forward = [&](uint64_t version) {
+    yb.poison();
+    lin.forward(xr, wr, version, &br, yr, nullptr);
+    synchronize();
+    return decode(DType::bf16, yb.download<uint8_t>(M * out * 2));
+  };
+  EXPECT_TRUE(bit_equal(forward(1), expect(w1), DType::bf16, out));
+  EXPECT_TRUE(bit_equal(forward(1), expect(w1), DType::bf16, out));
+  EXPECT_EQ(lin.prepare_count(), 1);
+  wb.upload(encode(DType::f32, w2));  // new values at the same address
+  EXPECT_TRUE(bit_equal(forward(1), expect(w1), DType::bf16, out)) << "same version: the prepared weight is kept";
+  EXPECT_TRUE(bit_equal(forward(2), expect(w2), DType::bf16, out)) << "a new version prepares again";
+  EXPECT_EQ(lin.prepare_count(), 2);
+  wb.upload(encode(DType::f32, w1));
+  lin.invalidate();
+  EXPECT_FALSE(lin.has_prepared_weight());
+  EXPECT_TRUE(bit_equal(forward(2), expect(w1), DType::bf16, out)) << "after invalidate()";
+  EXPECT_EQ(lin.prepare_count(), 3);
+  lin.forward(xb.ref(DType::bf16, {0, in}), wr, 2, &br, yb.ref(DType::bf16, {0, out}), nullptr);  // M = 0: nothing
+  synchronize();
 }
 
 }  // namespace
