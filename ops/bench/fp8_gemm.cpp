@@ -10,9 +10,11 @@
 #include <vector>
 
 #include "kiln/ops/fp8_gemm.hpp"
+#include "kiln/ops/fp8_linear.hpp"
 #include "ops/bench/cublaslt.hpp"
 #include "runtime/bench.hpp"
 #include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
 
 namespace kiln::detail {
 namespace {
@@ -42,7 +44,8 @@ void add_cublas_fp8_baseline(BenchInstance& inst, DeviceBuffers& b, const void* 
                                    dtype_name(out), lt->description());
 }
 
-BenchInstance gemm_instance(Runtime& rt, int64_t M, int64_t N, int64_t K, DType out, bool with_baseline) {
+BenchInstance gemm_instance(Runtime& rt, int64_t M, int64_t N, int64_t K, DType out, bool with_baseline,
+                            bool prepared = false) {
   auto b = std::make_shared<DeviceBuffers>();
   std::vector<uint8_t> h(static_cast<size_t>(std::max(M * K, K * N)));
   uint64_t s = bench_seed();
@@ -65,7 +68,13 @@ BenchInstance gemm_instance(Runtime& rt, int64_t M, int64_t N, int64_t K, DType 
   BenchInstance inst;
   inst.bytes = M * K + K * N + M * N * dtype_size(out);
   Runtime* r = &rt;
-  inst.run = [=](Stream st) { fp8_gemm(*r, ta, tb, &scales->first, &scales->second, c, st); };
+  if (prepared) {  // the weight prepared once, outside the timed calls: a call reads a and the prepared weight
+    const Fp8GemmWeight w{b->alloc(fp8_gemm_weight_bytes(N, K)), N, K};
+    fp8_gemm_prepare_weight(rt, tb, &scales->second, Fp8WeightLayout::kn, w, nullptr);
+    inst.run = [=](Stream st) { fp8_gemm(*r, ta, &scales->first, w, nullptr, c, st); };
+  } else {
+    inst.run = [=](Stream st) { fp8_gemm(*r, ta, tb, &scales->first, &scales->second, c, st); };
+  }
   inst.outputs = {c};
   auto lt = std::make_shared<std::shared_ptr<CublasLtGemm>>();
   inst.keepalive = std::make_shared<std::tuple<std::shared_ptr<DeviceBuffers>, decltype(scales), decltype(lt)>>(
@@ -77,14 +86,78 @@ BenchInstance gemm_instance(Runtime& rt, int64_t M, int64_t N, int64_t K, DType 
   return inst;
 }
 
+// FP8Linear on a bf16 activation x [M, in] and an fp32 weight [out, in] (prepared at the first call, before the timed
+// ones): per call, quantize_fp8 of x (two reads of x and its codes) and the GEMM. Minimal bytes: x (bf16) once, the
+// prepared weight's codes once, y (bf16) once. Baseline: cuBLASLt's bf16 GEMM y = x · W_bf16ᵀ (a bf16 Linear).
+BenchInstance linear_instance(Runtime& rt, int64_t M, int64_t in, int64_t out) {
+  struct Bufs {
+    DeviceBuffers d;
+    std::unique_ptr<FP8Linear> lin;
+    std::shared_ptr<CublasLtGemm> lt;
+  };
+  auto b = std::make_shared<Bufs>();
+  const TensorRef x = TensorRef::contiguous(b->d.random(DType::bf16, M * in, 1.0f, bench_seed()), DType::bf16, {M, in});
+  const TensorRef w = TensorRef::contiguous(b->d.random(DType::f32, out * in, 0.02f, bench_seed()), DType::f32, {out, in});
+  const TensorRef y = TensorRef::contiguous(b->d.alloc(M * out * 2), DType::bf16, {M, out});
+  b->lin = std::make_unique<FP8Linear>(rt, in, out);
+  b->lin->forward(x, w, 0, nullptr, y, nullptr);  // prepares the weight
+  BenchInstance inst;
+  inst.keepalive = b;
+  inst.bytes = M * in * 2 + out * in + M * out * 2;
+  FP8Linear* lin = b->lin.get();
+  inst.run = [=](Stream st) { lin->forward(x, w, 0, nullptr, y, st); };
+  inst.outputs = {y};
+  CublasLtGemmOptions o;
+  o.ab = DType::bf16;
+  o.d = DType::bf16;
+  b->lt = std::make_shared<CublasLtGemm>(M, in, out, o);
+  if (!b->lt->available()) {
+    inst.baseline_name = "cuBLASLt unavailable: " + b->lt->why();
+    return inst;
+  }
+  const void* wbf = b->d.random(DType::bf16, out * in, 0.02f, bench_seed());
+  void* yb = b->d.alloc(M * out * 2);
+  const std::shared_ptr<CublasLtGemm> lt = b->lt;
+  const void* xp = x.data;
+  inst.baseline = [lt, xp, wbf, yb](Stream st) { lt->run(xp, wbf, yb, st); };
+  inst.baseline_name = fmt::format("cuBLASLt bf16 x·Wᵀ → bf16 (a bf16 Linear), {}", lt->description());
+  return inst;
+}
+
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const auto& [M, N, K] : {std::tuple{int64_t{4096}, int64_t{4096}, int64_t{7168}},
                                 std::tuple{int64_t{4096}, int64_t{7168}, int64_t{2048}},
                                 std::tuple{int64_t{8192}, int64_t{8192}, int64_t{8192}},
                                 std::tuple{int64_t{128}, int64_t{7168}, int64_t{16384}},
                                 std::tuple{int64_t{1024}, int64_t{4096}, int64_t{7168}}})
+  {
     cases.push_back({"fp8_gemm", fmt::format("M={} N={} K={} codes bf16", M, N, K),
                      [=](Runtime& rt) { return gemm_instance(rt, M, N, K, DType::bf16, true); }});
+    cases.push_back({"fp8_gemm_prepared", fmt::format("M={} N={} K={} codes bf16", M, N, K),
+                     [=](Runtime& rt) { return gemm_instance(rt, M, N, K, DType::bf16, true, true); }});
+  }
+  // Every search-space point forced, on a prepared weight (`fp8_gemm_prepared_cfg … bn=… stages=…`).
+  for (const auto& [M, N, K] : {std::tuple{int64_t{4096}, int64_t{7168}, int64_t{2048}},
+                                std::tuple{int64_t{4096}, int64_t{4096}, int64_t{7168}},
+                                std::tuple{int64_t{128}, int64_t{7168}, int64_t{16384}}})
+    for (const auto& [bn, stages] : {std::pair{128, 6}, std::pair{128, 5}, std::pair{128, 4}, std::pair{256, 3}})
+      cases.push_back({"fp8_gemm_prepared_cfg", fmt::format("M={} N={} K={} codes bf16 bn={} stages={}", M, N, K, bn,
+                                                            stages),
+                       [=](Runtime& rt) {
+                         Specialization cand;
+                         cand.family = find_family("fp8_gemm");
+                         cand.arch = rt.impl().target_arch();
+                         cand.kernel = 0;
+                         cand.params = {N, K, static_cast<int64_t>(DType::bf16)};
+                         cand.config = {bn, stages};
+                         return with_forced_config(gemm_instance(rt, M, N, K, DType::bf16, true, true), cand,
+                                                   "fp8_gemm");
+                       }});
+  for (const auto& [M, in, out] : {std::tuple{int64_t{4096}, int64_t{7168}, int64_t{4096}},
+                                   std::tuple{int64_t{128}, int64_t{16384}, int64_t{7168}},
+                                   std::tuple{int64_t{8192}, int64_t{2048}, int64_t{2048}}})
+    cases.push_back({"fp8_linear", fmt::format("M={} in={} out={} bf16 x, fp32 W", M, in, out),
+                     [=](Runtime& rt) { return linear_instance(rt, M, in, out); }});
 });
 
 }  // namespace

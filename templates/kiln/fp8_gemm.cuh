@@ -6,7 +6,7 @@
 // subtracts 128·colsum[n] from the s32 accumulator — exact while 255·127·K < 2³¹ (K ≤ 66 311; the host checks).
 // Kernel = the gated MLP's skeleton (templates/kiln/gated_mlp.cuh): producer warpgroup streaming K in 128-byte chunks
 // of the a tile [128 rows] and the bᵀ tile [BN rows] by TMA through a STAGES-deep ring, two consumer warpgroups of 64
-// rows each issuing wgmma.m64n128k32.s32.u8.s8 (4 a chunk), persistent grid, tiles rastered in groups of 8 row tiles;
+// rows each issuing wgmma.m64nBNk32.s32.u8.s8 (BN 128 or 256; 4 a chunk), persistent grid, tiles rastered in groups of 8 row tiles;
 // epilogue: v = fp32(acc − 128·colsum[n]) · α (+ bias[n] in fp32, where given), α = fp32((448²/127²) / (s_a·s_b))
 // (fp64), rounded once to the output
 // dtype — for 16-bit outputs with 16-byte-aligned rows and N % 8 == 0 staged by stmatrix and stored by TMA, otherwise
@@ -126,7 +126,7 @@ __device__ __forceinline__ float fp8_gemm_bias(const Fp8GemmArgs& a, int col) {
 template <int N, int K, typename TO, int BN, int STAGES>
 __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant__ Fp8GemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  static_assert(BN == 128, "BN: 128 columns a CTA");
+  static_assert(BN == 128 || BN == 256, "BN: 128 or 256 columns a CTA");
   constexpr int BM = 128, KB = 128, CHUNKS = (K + KB - 1) / KB;
   constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
   constexpr int NT = (N + BN - 1) / BN, GM = 8;
@@ -187,9 +187,9 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
     for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
       int m0, n0;
       origin(t, m0, n0);
-      int acc[64];
+      int acc[BN / 2];
 #pragma unroll
-      for (int i = 0; i < 64; ++i) acc[i] = 0;
+      for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         mbar_wait(bars + 8 * s, phase);
@@ -197,8 +197,12 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
         wgmma::fence_regs(acc);
         wgmma::wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          wgmma::mma_u8s8_n128(acc, wgmma::desc_sw128(sa + ks * 32), wgmma::desc_sw128(sb + ks * 32));
+        for (int ks = 0; ks < 4; ++ks) {
+          if constexpr (BN == 128)
+            wgmma::mma_u8s8_n128(acc, wgmma::desc_sw128(sa + ks * 32), wgmma::desc_sw128(sb + ks * 32));
+          else
+            wgmma::mma_u8s8_n256(acc, wgmma::desc_sw128(sa + ks * 32), wgmma::desc_sw128(sb + ks * 32));
+        }
         wgmma::wgmma_commit();
         wgmma::wgmma_wait<1>();
         wgmma::fence_regs(acc);
@@ -212,32 +216,37 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
       wgmma::wgmma_wait<0>();
       wgmma::fence_regs(acc);
       if ((tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));
-      // Register i of lane l: row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}.
-      float v[64];
+      // Register i of lane l: row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}. The values
+      // replace the sums in place (fp32 bits in acc): 128 more registers would not fit at BN = 256.
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
+      for (int j = 0; j < BN / 8; ++j) {
         const int col = n0 + 8 * j + 2 * (lane & 3);
         const int c0 = col < N ? __ldg(a.colsum + col) : 0, c1 = col + 1 < N ? __ldg(a.colsum + col + 1) : 0;
+        float b0 = 0.0f, b1 = 0.0f;
+        const bool bias = a.bias != nullptr;
+        if (bias) {
+          b0 = col < N ? fp8_gemm_bias(a, col) : 0.0f;
+          b1 = col + 1 < N ? fp8_gemm_bias(a, col + 1) : 0.0f;
+        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          v[4 * j + 2 * h] = __fmul_rn(static_cast<float>(acc[4 * j + 2 * h] - 128 * c0), alpha);
-          v[4 * j + 2 * h + 1] = __fmul_rn(static_cast<float>(acc[4 * j + 2 * h + 1] - 128 * c1), alpha);
-        }
-        if (a.bias != nullptr) {
-          const float b0 = col < N ? fp8_gemm_bias(a, col) : 0.0f, b1 = col + 1 < N ? fp8_gemm_bias(a, col + 1) : 0.0f;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            v[4 * j + 2 * h] = __fadd_rn(v[4 * j + 2 * h], b0);
-            v[4 * j + 2 * h + 1] = __fadd_rn(v[4 * j + 2 * h + 1], b1);
+          float v0 = __fmul_rn(static_cast<float>(acc[4 * j + 2 * h] - 128 * c0), alpha);
+          float v1 = __fmul_rn(static_cast<float>(acc[4 * j + 2 * h + 1] - 128 * c1), alpha);
+          if (bias) {
+            v0 = __fadd_rn(v0, b0);
+            v1 = __fadd_rn(v1, b1);
           }
+          acc[4 * j + 2 * h] = __float_as_int(v0);
+          acc[4 * j + 2 * h + 1] = __float_as_int(v1);
         }
       }
+      auto v = [&](int i) { return __int_as_float(acc[i]); };
       if constexpr (STG > 0) {
         if (a.staged) {
           const u32 buf = stg + wm * STG;
           if ((tid & 127) == 0) bulk_wait_read();
           asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
-          wgmma::stage_sw128<BN>(buf, lane, warp, [&](int i) { return pack2<TO>(v[i], v[i + 1]); });
+          wgmma::stage_sw128<BN>(buf, lane, warp, [&](int i) { return pack2<TO>(v(i), v(i + 1)); });
           fence_proxy_async();
           asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
           if ((tid & 127) == 0 && m0 + wm * 64 < a.M) {
@@ -256,10 +265,10 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
         if (row >= a.M) continue;
         TO* dst = out + static_cast<i64>(row) * a.out_stride;
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
+        for (int j = 0; j < BN / 8; ++j) {
           const int col = n0 + 8 * j + 2 * (lane & 3);
-          if (col < N) dst[col] = from_float<TO>(v[4 * j + 2 * h]);
-          if (col + 1 < N) dst[col + 1] = from_float<TO>(v[4 * j + 2 * h + 1]);
+          if (col < N) dst[col] = from_float<TO>(v(4 * j + 2 * h));
+          if (col + 1 < N) dst[col + 1] = from_float<TO>(v(4 * j + 2 * h + 1));
         }
       }
     }

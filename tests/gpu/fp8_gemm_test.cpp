@@ -131,23 +131,28 @@ std::vector<Case> grid() {
 INSTANTIATE_TEST_SUITE_P(Grid, Fp8GemmGrid, ::testing::ValuesIn(grid()),
                          [](const auto& info) { return name(info.param); });
 
-// Every search-space point gives the same bits.
+// Every search-space point gives the same bits (BN 128 and 256; staged bf16 stores, and fp32 register stores on a
+// partial column tile).
 TEST_F(Fp8GemmGpu, EverySearchSpacePointAgrees) {
-  const Case c{1000, 256, 1024, DType::bf16};
-  const auto qa = codes(c.M * c.K, 5), qb = codes(c.K * c.N, 6);
-  const std::vector<float> want = ref::fp8_gemm(qa, qb, c.M, c.N, c.K, 1.0f, 1.0f);
-  detail::Specialization s;
-  s.family = detail::find_family("fp8_gemm");
-  s.arch = rt().impl().target_arch();
-  s.kernel = 0;
-  s.params = {c.N, c.K, static_cast<int64_t>(c.out)};
-  s.config = {128, 6};
-  std::vector<detail::Specialization> space;
-  s.family->search_space(s, space);
-  ASSERT_EQ(space.size(), 3u);
-  for (const auto& p : space) {
-    SCOPED_TRACE(p.describe());
-    EXPECT_TRUE(bit_equal(run(c, qa, qb, 1.0f, 1.0f, &p), want, c.out, c.N));
+  for (const Case c : {Case{1000, 256, 1024, DType::bf16}, Case{129, 300, 144, DType::f32}, Case{77, 520, 272, DType::f16}}) {
+    SCOPED_TRACE(name(c));
+    const auto qa = codes(c.M * c.K, 5), qb = codes(c.K * c.N, 6);
+    const std::vector<float> want = ref::fp8_gemm(qa, qb, c.M, c.N, c.K, 1.0f, 1.0f);
+    detail::Specialization s;
+    s.family = detail::find_family("fp8_gemm");
+    s.arch = rt().impl().target_arch();
+    s.kernel = 0;
+    s.params = {c.N, c.K, static_cast<int64_t>(c.out)};
+    s.config = {128, 6};
+    std::vector<detail::Specialization> space;
+    s.family->search_space(s, space);
+    ASSERT_EQ(space.size(), 4u);
+    for (const auto& p : space) {
+      SCOPED_TRACE(p.describe());
+      bool guards = false;
+      EXPECT_TRUE(bit_equal(run(c, qa, qb, 1.0f, 1.0f, &p, &guards), want, c.out, c.N));
+      EXPECT_TRUE(guards);
+    }
   }
 }
 
