@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kiln/fp8_gemm_args.h"
@@ -19,6 +21,7 @@
 
 namespace kiln {
 namespace detail {
+std::pair<int, int> fp8_gemm_default_config(int64_t N, int64_t M, int sms);
 // ops/bench/fp8_gemm.cpp: a runnable op (also the tuner's instance).
 BenchInstance fp8_gemm_tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 }  // namespace detail
@@ -57,7 +60,20 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 FamilyDef g_family{"fp8_gemm", {"gemm", "b_prep", "b_prep_nk"}, {"N", "K", "out"}, {"bn", "stages"}, render, smem_bytes,
                    enumerate, search_space, fp8_gemm_tune_instance};
 
-Specialization spec(Arch arch, int64_t N, int64_t K, DType out) {
+}  // namespace
+
+// The heuristic default for M rows on `sms` SMs: 128 × 128 tiles, 6 stages, unless they leave SMs idle (fewer tiles
+// than SMs: small M, weight-read bound), then 128 × 64 tiles with 8 stages — twice the CTAs streaming the weight
+// (H200, session 31: 128 × 7168 × 16384 on a prepared weight 48.9 µs at 128 columns, 56 CTAs). M < 0 (no token
+// count: the search space's first point, prewarm) or sms ≤ 0: 128 columns.
+std::pair<int, int> detail::fp8_gemm_default_config(int64_t N, int64_t M, int sms) {
+  if (M > 0 && sms > 0 && ((M + kBM - 1) / kBM) * ((N + 127) / 128) < sms) return {64, 8};
+  return {128, 6};
+}
+
+namespace {
+
+Specialization spec(Arch arch, int64_t N, int64_t K, DType out, int64_t M = -1, int sms = 0) {
   Specialization s;
   s.family = &g_family;
   s.arch = arch;
@@ -65,8 +81,7 @@ Specialization spec(Arch arch, int64_t N, int64_t K, DType out) {
   s.params[P_N] = N;
   s.params[P_K] = K;
   s.params[P_OUT] = static_cast<int64_t>(out);
-  s.config[C_BN] = 128;
-  s.config[C_STAGES] = 6;  // 6 × 32 KiB + 32 KiB of staging: 225 KiB
+  std::tie(s.config[C_BN], s.config[C_STAGES]) = fp8_gemm_default_config(N, M, sms);
   return s;
 }
 
@@ -90,6 +105,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     s.config[C_STAGES] = stages;
     out.push_back(s);
   }
+  for (int stages : {8, 6}) {  // 128 × 64 tiles: 24 KiB a stage
+    Specialization s = def;
+    s.config[C_BN] = 64;
+    s.config[C_STAGES] = stages;
+    out.push_back(s);
+  }
   // 128 × 256 tiles: 48 KiB a stage (3 fit beside the two 32 KiB staging buffers of a 16-bit output, 4 with fp32's
   // register stores) for a quarter less shared-memory fill per MMA.
   Specialization w = def;
@@ -109,6 +130,9 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
     for (const auto& s : out)
       if (s.kernel == kGemm && s.params[P_N] == N && s.params[P_K] == K) return;
     out.push_back(spec(arch, N, K, DType::bf16));
+    Specialization narrow = out.back();  // the small-M default too (the op picks by M at run time)
+    std::tie(narrow.config[C_BN], narrow.config[C_STAGES]) = fp8_gemm_default_config(N, 1, 1 << 30);
+    out.push_back(narrow);
   };
   add(m.hidden_size, m.intermediate_size);
   add(m.hidden_size, static_cast<int64_t>(m.num_attention_heads) * m.head_dim);
@@ -232,7 +256,7 @@ void gemm_on_weight(Runtime& rt, const Check& ck, Arch arch, const TensorRef& a,
   auto& impl = rt.impl();
   const int64_t M = ar.rows;
   const int sms = impl.device().sm_count;
-  const Specialization s = impl.tuned(spec(arch, N, K, c.dtype), M);
+  const Specialization s = impl.tuned(spec(arch, N, K, c.dtype, M, sms), M);
   const int64_t bn = s.config[C_BN], m_tiles = (M + kBM - 1) / kBM, tiles = m_tiles * ((N + bn - 1) / bn);
   ck.fits_int32("a", tiles + sms, "the tile count ceil(M/128)·ceil(N/BN) + the SM count");
   const WeightLayout l = weight_layout(N, K);

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "compile_util.hpp"
@@ -12,6 +13,10 @@
 #include "reference/fp8_gemm.hpp"
 #include "runtime/family.hpp"
 #include "test_util.hpp"
+
+namespace kiln::detail {
+std::pair<int, int> fp8_gemm_default_config(int64_t N, int64_t M, int sms);  // ops/fp8_gemm.cpp
+}  // namespace kiln::detail
 
 namespace kiln::test {
 namespace {
@@ -60,12 +65,26 @@ TEST(Fp8GemmFamily, EnumerationAndSearchSpace) {
     EXPECT_TRUE(keys.insert(s.key().hex()).second) << s.describe();
     const auto space = checked_search_space(s);
     ASSERT_FALSE(space.empty());
-    EXPECT_EQ(space.front().config, s.config);
+    bool listed = false;  // each enumerated config (both by-M defaults of a GEMM) is a search-space point
+    for (const auto& p : space) listed |= p.config == s.config;
+    EXPECT_TRUE(listed) << s.describe();
     for (const auto& p : space) EXPECT_LE(family().dynamic_smem_bytes(p), 227 * 1024) << p.describe();
   }
+  EXPECT_EQ(specs.size(), 2u + 2u * ((specs.size() - 2) / 2));  // every GEMM with its small-M default
   std::vector<detail::Specialization> none;
   family().enumerate(load_model("ling-mini-2.0"), detail::Arch::parse("sm_80"), none);
   EXPECT_TRUE(none.empty());
+}
+
+// The by-M default: 128 × 128 tiles unless they would leave SMs idle, then 128 × 64 (8 stages).
+TEST(Fp8GemmFamily, DefaultConfigByM) {
+  using P = std::pair<int, int>;
+  EXPECT_EQ(detail::fp8_gemm_default_config(7168, 128, 132), P(64, 8));     // 56 tiles
+  EXPECT_EQ(detail::fp8_gemm_default_config(7168, 256, 132), P(64, 8));     // 2 × 56 = 112 tiles
+  EXPECT_EQ(detail::fp8_gemm_default_config(7168, 384, 132), P(128, 6));    // 168 tiles
+  EXPECT_EQ(detail::fp8_gemm_default_config(4096, 1024, 132), P(128, 6));   // 256 tiles
+  EXPECT_EQ(detail::fp8_gemm_default_config(4096, -1, 132), P(128, 6));     // no token count
+  EXPECT_EQ(detail::fp8_gemm_default_config(4096, 64, 0), P(128, 6));       // no SM count
 }
 
 TEST(Fp8GemmCompile, KernelsCompileForSm90a) {

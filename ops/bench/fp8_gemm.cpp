@@ -140,7 +140,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const auto& [M, N, K] : {std::tuple{int64_t{4096}, int64_t{7168}, int64_t{2048}},
                                 std::tuple{int64_t{4096}, int64_t{4096}, int64_t{7168}},
                                 std::tuple{int64_t{128}, int64_t{7168}, int64_t{16384}}})
-    for (const auto& [bn, stages] : {std::pair{128, 6}, std::pair{128, 5}, std::pair{128, 4}, std::pair{256, 3}})
+    for (const auto& [bn, stages] : {std::pair{128, 6}, std::pair{128, 5}, std::pair{128, 4}, std::pair{64, 8},
+                                         std::pair{64, 6}, std::pair{256, 3}})
       cases.push_back({"fp8_gemm_prepared_cfg", fmt::format("M={} N={} K={} codes bf16 bn={} stages={}", M, N, K, bn,
                                                             stages),
                        [=](Runtime& rt) {

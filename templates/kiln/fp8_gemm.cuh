@@ -6,7 +6,7 @@
 // subtracts 128·colsum[n] from the s32 accumulator — exact while 255·127·K < 2³¹ (K ≤ 66 311; the host checks).
 // Kernel = the gated MLP's skeleton (templates/kiln/gated_mlp.cuh): producer warpgroup streaming K in 128-byte chunks
 // of the a tile [128 rows] and the bᵀ tile [BN rows] by TMA through a STAGES-deep ring, two consumer warpgroups of 64
-// rows each issuing wgmma.m64nBNk32.s32.u8.s8 (BN 128 or 256; 4 a chunk), persistent grid, tiles rastered in groups of 8 row tiles;
+// rows each issuing wgmma.m64nBNk32.s32.u8.s8 (BN 64, 128 or 256; 4 a chunk), persistent grid, tiles rastered in groups of 8 row tiles;
 // epilogue: v = fp32(acc − 128·colsum[n]) · α (+ bias[n] in fp32, where given), α = fp32((448²/127²) / (s_a·s_b))
 // (fp64), rounded once to the output
 // dtype — for 16-bit outputs with 16-byte-aligned rows and N % 8 == 0 staged by stmatrix and stored by TMA, otherwise
@@ -126,7 +126,7 @@ __device__ __forceinline__ float fp8_gemm_bias(const Fp8GemmArgs& a, int col) {
 template <int N, int K, typename TO, int BN, int STAGES>
 __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant__ Fp8GemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  static_assert(BN == 128 || BN == 256, "BN: 128 or 256 columns a CTA");
+  static_assert(BN == 64 || BN == 128 || BN == 256, "BN: 64, 128 or 256 columns a CTA");
   constexpr int BM = 128, KB = 128, CHUNKS = (K + KB - 1) / KB;
   constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
   constexpr int NT = (N + BN - 1) / BN, GM = 8;
@@ -198,7 +198,9 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
         wgmma::wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
-          if constexpr (BN == 128)
+          if constexpr (BN == 64)
+            wgmma::mma_u8s8_n64(acc, wgmma::desc_sw128(sa + ks * 32), wgmma::desc_sw128(sb + ks * 32));
+          else if constexpr (BN == 128)
             wgmma::mma_u8s8_n128(acc, wgmma::desc_sw128(sa + ks * 32), wgmma::desc_sw128(sb + ks * 32));
           else
             wgmma::mma_u8s8_n256(acc, wgmma::desc_sw128(sa + ks * 32), wgmma::desc_sw128(sb + ks * 32));

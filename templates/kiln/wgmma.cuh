@@ -137,6 +137,19 @@ __device__ __forceinline__ void mma_u8s8_n128(int (&d)[64], u64 a, u64 b, int sc
       : "l"(a), "l"(b), "r"(scale_d));
 }
 
+// d[64 × 64] (s32) += A[64 × 32] · B[64 × 32]ᵀ, as mma_u8s8_n128 with 64 columns (32 accumulators a thread).
+__device__ __forceinline__ void mma_u8s8_n64(int (&d)[32], u64 a, u64 b, int scale_d = 1) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+        "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
+        "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+        "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+      : "l"(a), "l"(b), "r"(scale_d));
+}
+
 // d[64 × 256] (s32) += A[64 × 32] · B[256 × 32]ᵀ, as mma_u8s8_n128 with 256 columns (128 accumulators a thread).
 __device__ __forceinline__ void mma_u8s8_n256(int (&d)[128], u64 a, u64 b, int scale_d = 1) {
   asm volatile(
