@@ -190,6 +190,18 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
       int acc[BN / 2];
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) acc[i] = 0;
+      // The tile's column sums, loaded before its MMAs so that their latency hides under them (loaded in the
+      // epilogue they stalled it: session 31, ncu); at BN = 256 the 64 more registers would not fit beside 128 sums.
+      constexpr int CS = BN <= 128 ? BN / 4 : 1;
+      int cs[CS];
+      if constexpr (BN <= 128) {
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const int col = n0 + 8 * j + 2 * (lane & 3);
+          cs[2 * j] = col < N ? __ldg(a.colsum + col) : 0;
+          cs[2 * j + 1] = col + 1 < N ? __ldg(a.colsum + col + 1) : 0;
+        }
+      }
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         mbar_wait(bars + 8 * s, phase);
@@ -223,7 +235,14 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
 #pragma unroll
       for (int j = 0; j < BN / 8; ++j) {
         const int col = n0 + 8 * j + 2 * (lane & 3);
-        const int c0 = col < N ? __ldg(a.colsum + col) : 0, c1 = col + 1 < N ? __ldg(a.colsum + col + 1) : 0;
+        int c0, c1;
+        if constexpr (BN <= 128) {
+          c0 = cs[2 * j];
+          c1 = cs[2 * j + 1];
+        } else {
+          c0 = col < N ? __ldg(a.colsum + col) : 0;
+          c1 = col + 1 < N ? __ldg(a.colsum + col + 1) : 0;
+        }
         float b0 = 0.0f, b1 = 0.0f;
         const bool bias = a.bias != nullptr;
         if (bias) {
