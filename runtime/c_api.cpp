@@ -674,4 +674,58 @@ kiln_status kiln_fused_gated_mlp(kiln_runtime* rt, const kiln_tensor* x, const k
   });
 }
 
+kiln_status kiln_quantize_fp8(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* q, const kiln_tensor* scale,
+                              void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_quantize_fp8";
+    kiln::quantize_fp8(rt_of(rt), tr(x, op, "x"), tr(q, op, "q"), tr(scale, op, "scale"), st(stream));
+  });
+}
+
+kiln_status kiln_dequantize_fp8(kiln_runtime* rt, const kiln_tensor* q, const kiln_tensor* scale,
+                                const kiln_tensor* out, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_dequantize_fp8";
+    kiln::dequantize_fp8(rt_of(rt), tr(q, op, "q"), tr(scale, op, "scale"), tr(out, op, "out"), st(stream));
+  });
+}
+
+kiln_status kiln_fp8_gemm(kiln_runtime* rt, const kiln_tensor* a, const kiln_tensor* b, const kiln_tensor* a_scale,
+                          const kiln_tensor* b_scale, const kiln_tensor* c, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp8_gemm";
+    const kiln::TensorRef as = tr(a_scale, op, "a_scale"), bs = tr(b_scale, op, "b_scale");
+    kiln::fp8_gemm(rt_of(rt), tr(a, op, "a"), tr(b, op, "b"), a_scale ? &as : nullptr, b_scale ? &bs : nullptr,
+                   tr(c, op, "c"), st(stream));
+  });
+}
+
+int64_t kiln_fp8_gemm_weight_bytes(int64_t n, int64_t k) { return kiln::fp8_gemm_weight_bytes(n, k); }
+
+kiln_status kiln_fp8_gemm_prepare_weight(kiln_runtime* rt, const kiln_tensor* b, const kiln_tensor* b_scale,
+                                         int layout, void* weight, int64_t n, int64_t k, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp8_gemm_prepare_weight";
+    if (layout != 0 && layout != 1)
+      throw kiln::InvalidArgument(std::string(op) + ": argument 'layout': expected 0 (b [K, N]) or 1 ([N, K]), got " +
+                                  std::to_string(layout));
+    const kiln::TensorRef bs = tr(b_scale, op, "b_scale");
+    kiln::fp8_gemm_prepare_weight(rt_of(rt), tr(b, op, "b"), b_scale ? &bs : nullptr,
+                                  layout == 0 ? kiln::Fp8WeightLayout::kn : kiln::Fp8WeightLayout::nk,
+                                  kiln::Fp8GemmWeight{weight, n, k}, st(stream));
+  });
+}
+
+kiln_status kiln_fp8_gemm_prepared(kiln_runtime* rt, const kiln_tensor* a, const kiln_tensor* a_scale,
+                                   const void* weight, int64_t n, int64_t k, const kiln_tensor* bias,
+                                   const kiln_tensor* c, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp8_gemm_prepared";
+    const kiln::TensorRef as = tr(a_scale, op, "a_scale"), bb = tr(bias, op, "bias");
+    kiln::fp8_gemm(rt_of(rt), tr(a, op, "a"), a_scale ? &as : nullptr,
+                   kiln::Fp8GemmWeight{const_cast<void*>(weight), n, k}, bias ? &bb : nullptr, tr(c, op, "c"),
+                   st(stream));
+  });
+}
+
 }  // extern "C"

@@ -385,6 +385,32 @@ TEST(CApi, GatedMlpErrorsNameTheArgument) {
                     "gate_weight"));
 }
 
+// The fp8 codes and the fp8 GEMM: the C layer's own checks (rt, the layout enum) and the ops' checks through the
+// descriptors, naming the argument.
+TEST(CApi, Fp8ErrorsNameTheArgument) {
+  Handle h;
+  constexpr int64_t M = 100, N = 64, K = 256;
+  const kiln_tensor x = desc(KILN_BF16, {M, K}), q = desc(KILN_U8, {M, K}), s = desc(KILN_F32, {1}),
+                    b = desc(KILN_U8, {K, N}), c = desc(KILN_BF16, {M, N}), x8 = desc(KILN_E4M3, {M, K});
+  EXPECT_TRUE(fails(kiln_quantize_fp8(nullptr, &x, &q, &s, nullptr), KILN_ERROR_INVALID_ARGUMENT, "rt"));
+  EXPECT_TRUE(fails(kiln_quantize_fp8(h.rt, &x8, &q, &s, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE, "x"));
+  EXPECT_TRUE(fails(kiln_dequantize_fp8(h.rt, &q, &s, &x8, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE, "out"));
+  EXPECT_TRUE(fails(kiln_fp8_gemm(h.rt, &q, &b, nullptr, &s, &c, nullptr), KILN_ERROR_INVALID_ARGUMENT, "a_scale"));
+  EXPECT_TRUE(fails(kiln_fp8_gemm(h.rt, &q, &b, &s, &s, &x8, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE, "c"));
+  EXPECT_EQ(kiln_fp8_gemm_weight_bytes(N, K), N * K + N * 4 + 16);
+  for (int bad : {-1, 2})
+    EXPECT_TRUE(fails(kiln_fp8_gemm_prepare_weight(h.rt, &b, &s, bad, reinterpret_cast<void*>(0x1000), N, K, nullptr),
+                      KILN_ERROR_INVALID_ARGUMENT, "layout"))
+        << bad;
+  EXPECT_TRUE(fails(kiln_fp8_gemm_prepare_weight(h.rt, &b, &s, 0, reinterpret_cast<void*>(0x1000), N + 1, K, nullptr),
+                    KILN_ERROR_SHAPE_MISMATCH, "weight"));
+  const kiln_tensor bias = desc(KILN_F32, {N + 1});
+  EXPECT_TRUE(fails(kiln_fp8_gemm_prepared(h.rt, &q, &s, reinterpret_cast<void*>(0x1000), N, K, &bias, &c, nullptr),
+                    KILN_ERROR_SHAPE_MISMATCH, "bias"));
+  EXPECT_TRUE(fails(kiln_fp8_gemm_prepared(h.rt, &q, &s, nullptr, N, K, nullptr, &c, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "weight"));
+}
+
 TEST(CApi, ValidCallWithoutADriverIsADeviceError) {
   if (kiln::detail::driver_available()) GTEST_SKIP() << "a driver is present";
   Handle h;

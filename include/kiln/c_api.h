@@ -290,6 +290,30 @@ kiln_status kiln_batch_count_zero(kiln_runtime* rt, const kiln_tensor* xs, int64
 kiln_status kiln_fused_gated_mlp(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* gate_weight,
                                  const kiln_tensor* up_weight, const kiln_tensor* out, int activation, void* stream);
 
+/* kiln/ops/fp8.hpp: triton_ops' uint8 "FP8 compatibility format" (a linear 255-level grid, not E4M3). quantize: x
+ * (f32, bf16 or f16, contiguous) → q (uint8, x's element count) and scale (one f32: the encode multiplier 448 /
+ * max|x|, written on the device); dequantize: q and scale → out (bf16, f16 or f32). */
+kiln_status kiln_quantize_fp8(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* q, const kiln_tensor* scale,
+                              void* stream);
+kiln_status kiln_dequantize_fp8(kiln_runtime* rt, const kiln_tensor* q, const kiln_tensor* scale,
+                                const kiln_tensor* out, void* stream);
+
+/* kiln/ops/fp8_gemm.hpp: c [M, N] = a [M, K] · b [K, N] on those codes (exact int32 sums, one f32 multiply, one
+ * rounding to c: f16, bf16 or f32). a and b: uint8 codes with their scale (a_scale / b_scale, one f32 each), or
+ * f32 / bf16 / f16 quantized per tensor (the scale then NULL). sm_90 only (elsewhere KILN_ERROR_DEVICE). */
+kiln_status kiln_fp8_gemm(kiln_runtime* rt, const kiln_tensor* a, const kiln_tensor* b, const kiln_tensor* a_scale,
+                          const kiln_tensor* b_scale, const kiln_tensor* c, void* stream);
+/* A weight prepared once for many GEMMs (kiln::Fp8GemmWeight): a caller-owned device buffer of
+ * kiln_fp8_gemm_weight_bytes(N, K) bytes, 16-byte aligned. layout: 0 = b [K, N] (kiln_fp8_gemm's), 1 = [N, K] (a
+ * Linear's weight [out, in]); other values: KILN_ERROR_INVALID_ARGUMENT naming 'layout'. bias: NULL or [N] (f32,
+ * bf16 or f16), added in f32 before c's rounding. */
+int64_t kiln_fp8_gemm_weight_bytes(int64_t n, int64_t k);
+kiln_status kiln_fp8_gemm_prepare_weight(kiln_runtime* rt, const kiln_tensor* b, const kiln_tensor* b_scale,
+                                         int layout, void* weight, int64_t n, int64_t k, void* stream);
+kiln_status kiln_fp8_gemm_prepared(kiln_runtime* rt, const kiln_tensor* a, const kiln_tensor* a_scale,
+                                   const void* weight, int64_t n, int64_t k, const kiln_tensor* bias,
+                                   const kiln_tensor* c, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -12,6 +12,8 @@
 
 #include "kiln/c_api.h"
 #include "kiln/ops/batch_reduce.hpp"
+#include "kiln/ops/fp8.hpp"
+#include "kiln/ops/fp8_gemm.hpp"
 #include "kiln/ops/gated_mlp.hpp"
 #include "kiln/ops/group_rms_norm_gate.hpp"
 #include "kiln/ops/moe.hpp"
@@ -590,6 +592,47 @@ TEST_F(CApiGpu, FusedGatedMlpEqualsTheCppOp) {
     else
       ASSERT_NE(first, bytes) << "silu and gelu wrote the same bytes";
   }
+}
+
+// quantize_fp8, dequantize_fp8, fp8_gemm (float inputs: quantized inside) and a prepared weight with a bias: the C
+// entry points write the C++ ops' bytes.
+TEST_F(CApiGpu, Fp8CodesAndGemmEqualTheCppOps) {
+  Runtime& r = rt();
+  if (r.impl().device().arch.sm != 90) GTEST_SKIP() << "not an sm_90 device (fp8_gemm needs wgmma)";
+  constexpr int64_t M = 130, N = 72, K = 320;
+  const DeviceBuffer a = random_buffer(M * K, 91, DType::bf16), b = random_buffer(K * N, 92, DType::bf16, 0.05f),
+                     bias = random_buffer(N, 93, DType::f32);
+  const kiln_tensor ca = ct(a, KILN_BF16, {M, K}), cb = ct(b, KILN_BF16, {K, N}), cbias = ct(bias, KILN_F32, {N});
+  Pair q(r, M * K), sc(r, 4), deq(r, M * K * 2), c(r, M * N * 2), cp(r, M * N * 2);
+  quantize_fp8(r, a.ref(DType::bf16, {M, K}), q.cpp.ref(DType::u8, {M, K}), sc.cpp.ref(DType::f32, {1}), nullptr);
+  const kiln_tensor cq = ct(q.c, KILN_U8, {M, K}), cs = ct(sc.c, KILN_F32, {1});
+  ASSERT_EQ(kiln_quantize_fp8(crt_, &ca, &cq, &cs, nullptr), KILN_OK) << kiln_last_error();
+  dequantize_fp8(r, q.cpp.ref(DType::u8, {M, K}), sc.cpp.ref(DType::f32, {1}), deq.cpp.ref(DType::bf16, {M, K}),
+                 nullptr);
+  const kiln_tensor cd = ct(deq.c, KILN_BF16, {M, K});
+  ASSERT_EQ(kiln_dequantize_fp8(crt_, &cq, &cs, &cd, nullptr), KILN_OK) << kiln_last_error();
+  fp8_gemm(r, a.ref(DType::bf16, {M, K}), b.ref(DType::bf16, {K, N}), nullptr, nullptr,
+           c.cpp.ref(DType::bf16, {M, N}), nullptr);
+  const kiln_tensor cc = ct(c.c, KILN_BF16, {M, N});
+  ASSERT_EQ(kiln_fp8_gemm(crt_, &ca, &cb, nullptr, nullptr, &cc, nullptr), KILN_OK) << kiln_last_error();
+  // A prepared weight from b, then a GEMM on a's codes with a bias.
+  DeviceBuffer w1(r, kiln_fp8_gemm_weight_bytes(N, K)), w2(r, kiln_fp8_gemm_weight_bytes(N, K));
+  fp8_gemm_prepare_weight(r, b.ref(DType::bf16, {K, N}), nullptr, Fp8WeightLayout::kn, Fp8GemmWeight{w1.data(), N, K},
+                          nullptr);
+  ASSERT_EQ(kiln_fp8_gemm_prepare_weight(crt_, &cb, nullptr, 0, w2.data(), N, K, nullptr), KILN_OK)
+      << kiln_last_error();
+  const TensorRef qs = sc.cpp.ref(DType::f32, {1}), br = bias.ref(DType::f32, {N});
+  fp8_gemm(r, q.cpp.ref(DType::u8, {M, K}), &qs, Fp8GemmWeight{w1.data(), N, K}, &br, cp.cpp.ref(DType::bf16, {M, N}),
+           nullptr);
+  const kiln_tensor ccp = ct(cp.c, KILN_BF16, {M, N});
+  ASSERT_EQ(kiln_fp8_gemm_prepared(crt_, &cq, &cs, w2.data(), N, K, &cbias, &ccp, nullptr), KILN_OK)
+      << kiln_last_error();
+  synchronize();
+  EXPECT_TRUE(q.same("quantize_fp8 codes"));
+  EXPECT_TRUE(sc.same("quantize_fp8 scale"));
+  EXPECT_TRUE(deq.same("dequantize_fp8"));
+  EXPECT_TRUE(c.same("fp8_gemm"));
+  EXPECT_TRUE(cp.same("fp8_gemm on a prepared weight with a bias"));
 }
 
 }  // namespace
