@@ -443,17 +443,25 @@ void FP8Linear::forward(const TensorRef& x, const TensorRef& weight, uint64_t we
   Impl& m = *impl_;
   const Check ck{"FP8Linear.forward"};
   ck.dtype("x", x, {DType::f32, DType::bf16, DType::f16});
-  if (x.ndim != 2 || x.shape[1] != m.in)
-    ck.shape_error("x", fmt::format("expected a 2-D [M, {}] tensor (in_features = {}), got shape {}", m.in, m.in,
+  if (x.ndim < 2 || x.shape[x.ndim - 1] != m.in)
+    ck.shape_error("x", fmt::format("expected [..., {}] of rank ≥ 2 (in_features = {}), got shape {}", m.in, m.in,
                                     detail::shape_str(x)));
   ck.contiguous("x", x);
+  int64_t M = 1;
+  for (int k = 0; k + 1 < x.ndim; ++k) M *= x.shape[k];
   ck.tensor("weight", weight, {DType::f32, DType::bf16, DType::f16}, {m.out, m.in});
   if (bias != nullptr)
     ck.tensor("bias", *bias, {DType::f32, DType::bf16, DType::f16}, {m.out}, static_cast<int>(dtype_size(bias->dtype)));
   ck.dtype("y", y, {DType::f16, DType::bf16, DType::f32});
-  if (y.ndim != 2 || y.shape[0] != x.shape[0] || y.shape[1] != m.out)
-    ck.shape_error("y", fmt::format("expected shape [{}, {}] (M from x, out_features), got {}", x.shape[0], m.out,
+  bool y_ok = y.ndim == x.ndim && y.shape[y.ndim - 1] == m.out;
+  for (int k = 0; y_ok && k + 1 < x.ndim; ++k) y_ok = y.shape[k] == x.shape[k];
+  if (!y_ok) {
+    std::string want = "[";
+    for (int k = 0; k + 1 < x.ndim; ++k) want += fmt::format("{}, ", x.shape[k]);
+    ck.shape_error("y", fmt::format("expected shape {}{}] (x's leading dims, out_features), got {}", want, m.out,
                                     detail::shape_str(y)));
+  }
+  if (y.ndim > 2) ck.contiguous("y", y);  // rank 2: any row stride
   if (x.numel() > 0) ck.pointer("x", x, 16);
   if (!m.held || m.key_data != weight.data || m.key_dtype != weight.dtype || m.key_version != weight_version) {
     if (!m.buffer) {
@@ -470,7 +478,10 @@ void FP8Linear::forward(const TensorRef& x, const TensorRef& weight, uint64_t we
     m.key_version = weight_version;
     ++m.prepared;
   }
-  fp8_gemm(m.rt, x, nullptr, Fp8GemmWeight{reinterpret_cast<void*>(m.buffer), m.out, m.in}, bias, y, stream);
+  // [..., in] → [M, in] and [..., out] → [M, out] (views; rank 2 as given).
+  const TensorRef xv = x.ndim == 2 ? x : TensorRef::contiguous(x.data, x.dtype, {M, m.in});
+  const TensorRef yv = y.ndim == 2 ? y : TensorRef::contiguous(y.data, y.dtype, {M, m.out});
+  fp8_gemm(m.rt, xv, nullptr, Fp8GemmWeight{reinterpret_cast<void*>(m.buffer), m.out, m.in}, bias, yv, stream);
 }
 
 }  // namespace kiln

@@ -245,6 +245,14 @@ TEST(Fp8LinearErrors, FeaturesAndArguments) {
   EXPECT_THROW_NAMING(fwd(nullptr), "x", UnsupportedDtypeError);
   x = TensorRef::contiguous(fake(0), DType::bf16, {100, 128});
   EXPECT_THROW_NAMING(fwd(nullptr), "x", ShapeMismatchError);
+  // [B, S, in] → [B, S, out], as x.view(−1, in); y must keep x's leading dims.
+  x = TensorRef::contiguous(fake(0), DType::bf16, {4, 25, 256});
+  y = TensorRef::contiguous(fake(2), DType::bf16, {4, 25, 64});
+  EXPECT_REACHES_DEVICE(fwd(nullptr));
+  y = TensorRef::contiguous(fake(2), DType::bf16, {100, 64});
+  EXPECT_THROW_NAMING(fwd(nullptr), "y", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {256});  // rank 1
+  EXPECT_THROW_NAMING(fwd(nullptr), "x", ShapeMismatchError);
   x = TensorRef::contiguous(fake(0), DType::bf16, {100, 256});
   w = TensorRef::contiguous(fake(1), DType::f32, {256, 64});  // [in, out]: the module's weight is [out, in]
   EXPECT_THROW_NAMING(fwd(nullptr), "weight", ShapeMismatchError);

@@ -292,6 +292,14 @@ TEST_F(Fp8GemmGpu, Fp8LinearForward) {
   EXPECT_FALSE(lin.has_prepared_weight());
   EXPECT_TRUE(bit_equal(forward(2), expect(w1), DType::bf16, out)) << "after invalidate()";
   EXPECT_EQ(lin.prepare_count(), 3);
+  // [B, S, in] in, [B, S, out] out: the same bits (x.view(−1, in)).
+  {
+    const auto flat = forward(2);
+    yb.poison();
+    lin.forward(xb.ref(DType::bf16, {2, M / 2, in}), wr, 2, &br, yb.ref(DType::bf16, {2, M / 2, out}), nullptr);
+    synchronize();
+    EXPECT_EQ(decode(DType::bf16, yb.download<uint8_t>(M * out * 2)), flat) << "3-D x";
+  }
   lin.forward(xb.ref(DType::bf16, {0, in}), wr, 2, &br, yb.ref(DType::bf16, {0, out}), nullptr);  // M = 0: nothing
   synchronize();
 }

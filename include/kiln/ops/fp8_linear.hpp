@@ -28,12 +28,13 @@ class FP8Linear {
   int64_t in_features() const;
   int64_t out_features() const;
 
-  // y [M, out] = x [M, in] · weightᵀ (+ bias [out]). x: fp32 / bf16 / fp16, contiguous [M, in] (2-D; view leading
-  // dims away first); weight: fp32 / bf16 / fp16 [out, in], contiguous, 16-byte aligned; bias (optional): fp32 /
-  // bf16 / fp16 [out], added in fp32 before y's one rounding (triton_ops adds it after rounding through fp16); y:
-  // fp16 / bf16 / fp32 [M, out], any row stride. Enqueued on `stream`; the prepared weight is written on the stream
-  // of the forward that prepares it, so later forwards on other streams must be ordered after that one. Not safe to
-  // call from two threads at once.
+  // y [..., out] = x [..., in] · weightᵀ (+ bias [out]). x: fp32 / bf16 / fp16, contiguous, rank ≥ 2 (the leading
+  // dims are the rows, as x.view(−1, in)); weight: fp32 / bf16 / fp16 [out, in], contiguous, 16-byte aligned; bias
+  // (optional): fp32 / bf16 / fp16 [out], added in fp32 before y's one rounding (triton_ops adds it after rounding
+  // through fp16); y: fp16 / bf16 / fp32 with x's leading dims and last dim out (rank 2: any row stride; higher
+  // ranks contiguous). Enqueued on `stream`; the prepared weight is written on the stream of the forward that
+  // prepares it, so later forwards on other streams must be ordered after that one. Not safe to call from two
+  // threads at once.
   void forward(const TensorRef& x, const TensorRef& weight, uint64_t weight_version, const TensorRef* bias,
                const TensorRef& y, Stream stream);
 
