@@ -295,9 +295,14 @@ void gemm_on_weight(Runtime& rt, const Check& ck, Arch arch, const TensorRef& a,
   impl.launch(s, d, stream, g);
 }
 
-// Runs `body` with a scratch buffer of `bytes` (released on the stream after it, also when it throws).
+// Runs `body` with a scratch buffer of `bytes` (released on the stream after it, also when it throws); with 0 bytes
+// (codes in, nothing to quantize) none is taken and body gets 0.
 template <typename F>
 void with_scratch(Runtime& rt, const void* owner, size_t bytes, Stream stream, F&& body) {
+  if (bytes == 0) {
+    body(CUdeviceptr{0});
+    return;
+  }
   auto& impl = rt.impl();
   const ScratchBuffer scratch = impl.scratch(owner, bytes, stream);
   try {
@@ -345,7 +350,7 @@ void fp8_gemm_prepare_weight(Runtime& rt, const TensorRef& b, const TensorRef* b
   const Arch arch = hopper_target(rt, ck.op);
   static const char owner = 0;
   const size_t codes = b.dtype == DType::u8 ? 0 : up16(static_cast<size_t>(N * K));
-  with_scratch(rt, &owner, std::max<size_t>(codes, 16), stream, [&](CUdeviceptr scratch) {
+  with_scratch(rt, &owner, codes, stream, [&](CUdeviceptr scratch) {
     prepare_into(rt, arch, b, b_scale, nk, N, K, reinterpret_cast<CUdeviceptr>(weight.data), scratch, stream);
   });
 }
@@ -368,7 +373,7 @@ void fp8_gemm(Runtime& rt, const TensorRef& a, const TensorRef* a_scale, const F
   if (M == 0) return;
   const Arch arch = hopper_target(rt, ck.op);
   static const char owner = 0;
-  with_scratch(rt, &owner, std::max<size_t>(a_scratch_bytes(a, M, K), 16), stream, [&](CUdeviceptr scratch) {
+  with_scratch(rt, &owner, a_scratch_bytes(a, M, K), stream, [&](CUdeviceptr scratch) {
     gemm_on_weight(rt, ck, arch, a, a_scale, ar, N, K, reinterpret_cast<CUdeviceptr>(weight.data), bias, c, cr,
                    scratch, stream);
   });

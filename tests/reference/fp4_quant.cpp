@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "reference/rms_norm.hpp"  // e4m3_from_float
+#include "test_util.hpp"            // e4m3_to_float
 
 namespace kiln::ref {
 namespace {
@@ -36,12 +37,7 @@ uint8_t e2m1_from_float(float v) {
 
 float e2m1_value(uint8_t code) { return (code & 8 ? -1.0f : 1.0f) * kE2m1[code & 7]; }
 
-float e4m3_value(uint8_t code) {
-  if ((code & 0x7F) == 0x7F) return std::numeric_limits<float>::quiet_NaN();
-  const int e = (code >> 3) & 15, m = code & 7;
-  const double v = e == 0 ? std::ldexp(m, -9) : std::ldexp(8 + m, e - 10);
-  return static_cast<float>(code & 0x80 ? -v : v);
-}
+float e4m3_value(uint8_t code) { return test::e4m3_to_float(code); }
 
 int mx_exponent(float amax, double max_value) {
   int e = -160;

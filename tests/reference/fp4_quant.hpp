@@ -12,7 +12,7 @@ namespace kiln::ref {
 // value rounding to 0 gives −0, code 8); NaN → 0.
 uint8_t e2m1_from_float(float v);
 float e2m1_value(uint8_t code);
-// The value of an E4M3 byte (0x7F / 0xFF: NaN).
+// The value of an E4M3 byte (0x7F / 0xFF: NaN): test::e4m3_to_float.
 float e4m3_value(uint8_t code);
 // The smallest integer e with max_value·2^e ≥ amax (amax finite, > 0).
 int mx_exponent(float amax, double max_value);
