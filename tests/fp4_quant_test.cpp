@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <set>
 #include <vector>
 
 #include "compile_util.hpp"
+#include "kiln/fp4_rules.h"
 #include "kiln/kiln.hpp"
 #include "reference/fp4_quant.hpp"
 #include "runtime/family.hpp"
@@ -86,6 +89,58 @@ TEST(Fp4QuantReference, MxHandWorked) {
   EXPECT_EQ(r8.sf[0], 129);
   EXPECT_EQ(r8.q[5], 0x7E);           // 448
   EXPECT_EQ(r8.q[0], 0x28);           // 0.25 = 2^-2: exponent field 5
+}
+
+// The kernel's E2M1 rounding from the fp32 bits (kiln/fp4_rules.h, the same function on the host) equals the
+// reference's bracketing for EVERY fp32 y in [0, 8] (1.09 G values), at +inf and NaN, and at a stride above 8.
+TEST(Fp4QuantRules, E2m1FromTheBitsEqualsTheReference) {
+  uint64_t bad = 0;
+  uint32_t first = 0;
+  auto check = [&](uint32_t u) {
+    float y;
+    std::memcpy(&y, &u, 4);
+    if (f4r::e2m1_mag_bits(y) != (ref::e2m1_from_float(y) & 7u) && bad++ == 0) first = u;
+  };
+  for (uint32_t u = 0; u <= 0x41000000u; ++u) check(u);
+  for (uint32_t u = 0x41000000u; u < 0x7f800000u; u += 4093) check(u);
+  check(0x7f800000u);
+  EXPECT_EQ(f4r::e2m1_mag_bits(kNaN), 0u);
+  EXPECT_EQ(bad, 0u) << "first at bits 0x" << std::hex << first;
+}
+
+// The NVFP4 code from per-block thresholds equals the code of the IEEE quotient fl(a / sf), for every E4M3 scale
+// (the 126 positive values), at and around (±256 ulps) every threshold, and at 20 000 random a per scale.
+TEST(Fp4QuantRules, Nvfp4ThresholdsGiveTheQuotientsCode) {
+  uint64_t bad = 0, checked = 0;
+  std::string first;
+  uint64_t s = 12345;
+  for (int code = 1; code <= 0x7E; ++code) {
+    const float sf = ref::e4m3_value(static_cast<uint8_t>(code));
+    const f4r::Nvfp4Thresholds t = f4r::nvfp4_thresholds(sf);
+    auto check = [&](float a) {
+      volatile float q = a / sf;
+      const unsigned want = ref::e2m1_from_float(q), got = f4r::nvfp4_code(a, t);
+      ++checked;
+      if (want != got && bad++ == 0) first = "sf " + std::to_string(sf) + " a " + std::to_string(a);
+    };
+    for (int i = 0; i < 7; ++i) {
+      uint32_t c;
+      std::memcpy(&c, &t.t[i], 4);
+      for (int d = -256; d <= 256; ++d) {
+        const uint32_t u = c + static_cast<uint32_t>(d);
+        float a;
+        std::memcpy(&a, &u, 4);
+        check(a);
+        check(-a);
+      }
+    }
+    for (int k = 0; k < 20000; ++k) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      const float a = std::ldexp(static_cast<float>((s >> 40) & 0xffffff) / 16777216.0f, static_cast<int>((s >> 20) % 40) - 30);
+      check(a);
+    }
+  }
+  EXPECT_EQ(bad, 0u) << first << " (" << checked << " checked)";
 }
 
 const detail::FamilyDef& family() { return registered_family("fp4_quant"); }

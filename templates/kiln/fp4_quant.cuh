@@ -12,19 +12,16 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp4_quant_args.h"
+#include "kiln/fp4_rules.h"
 #include "kiln/fp8.cuh"
 
 namespace kiln {
 namespace f4q {
 
-// |a| → the E2M1 magnitude code, round to nearest, ties to the even code, saturating at 6 (NaN → 0).
-__device__ __forceinline__ u32 e2m1_mag(float a) {
-  return static_cast<u32>(a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) +
-         (a > 5.0f);
-}
+// E2M1 code of v (sign in bit 3, NaN → 0): the magnitude from the fp32 bits (kiln/fp4_rules.h).
 __device__ __forceinline__ u32 e2m1(float v) {
   if (v != v) return 0u;
-  return e2m1_mag(fabsf(v)) | ((__float_as_uint(v) >> 28) & 8u);
+  return f4r::e2m1_mag_bits(fabsf(v)) | ((__float_as_uint(v) >> 28) & 8u);
 }
 
 // The value of an E4M3 byte ≤ 0x7E (non-negative).
@@ -74,9 +71,10 @@ __global__ void __launch_bounds__(WARPS * 32) fp4_quantize_kernel(const __grid_c
       const u32 sfb = e4m3x2(t, 0.0f) & 0x7fu;  // t ≥ 0 (or NaN from a NaN G: 0x7F)
       const float sf = f4q::e4m3_value(sfb > 0x7eu ? 0x7eu : sfb);
       u32 w[2] = {0u, 0u};
-      if (sfb != 0u) {
+      if (sfb != 0u) {  // the code of the IEEE quotient (x·G) / SF from 7 per-block thresholds, no division
+        const f4r::Nvfp4Thresholds th = f4r::nvfp4_thresholds(sf);
 #pragma unroll
-        for (int i = 0; i < 16; ++i) w[i / 8] |= f4q::e2m1(__fdiv_rn(__fmul_rn(v[i], G), sf)) << (4 * (i % 8));
+        for (int i = 0; i < 16; ++i) w[i / 8] |= f4r::nvfp4_code(__fmul_rn(v[i], G), th) << (4 * (i % 8));
       }
       *reinterpret_cast<uint2*>(a.q + blk * 8) = make_uint2(w[0], w[1]);
       a.sf[blk] = static_cast<unsigned char>(sfb);

@@ -1,0 +1,112 @@
+// kiln/fp4_rules.h — E2M1 rounding without compares, and NVFP4's division-free code rule: host and device share this
+// header so that tests/fp4_quant_test.cpp checks the very functions the kernel runs (exhaustively on [0, 8] for
+// E2M1; at every threshold of every E4M3 scale for the NVFP4 rule).
+#pragma once
+
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#define KILN_F4_HD __host__ __device__ __forceinline__
+#else
+#include <cmath>
+#include <cstring>
+#define KILN_F4_HD inline
+#endif
+
+namespace kiln {
+namespace f4r {
+
+KILN_F4_HD unsigned f2u(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+KILN_F4_HD float u2f(unsigned u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+KILN_F4_HD int rint_int(float v) {
+#if defined(__CUDA_ARCH__)
+  return __float2int_rn(v);
+#else
+  return static_cast<int>(std::nearbyint(v));  // the default rounding mode: to nearest even
+#endif
+}
+
+// The E2M1 magnitude code of y (y ≥ 0, +inf or NaN): nearest of 0, .5, 1, 1.5, 2, 3, 4, 6 with ties to the even code,
+// saturating; NaN → 0. Below 1 the grid is 0.5 apart: rint(2y). From 1 up E2M1 keeps one mantissa bit: round the
+// fp32 bits to nearest even at bit 22 (add 0x1FFFFF plus bit 22, carry into the exponent), then exponent·2 + bit is
+// 254 + code − 2.
+KILN_F4_HD unsigned e2m1_mag_bits(float y) {
+  const unsigned u = f2u(y);
+  if (u > 0x7f800000u) return 0u;
+  if (u < 0x3f800000u) return static_cast<unsigned>(rint_int(y * 2.0f));
+  const unsigned c = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;
+  return c > 7u ? 7u : c;
+}
+
+// NVFP4 without the division: the code of fl(a / sf) (sf an E4M3 value > 0, a = fl(x·G)) is Σ_i [|a| > T_i] with
+// T_i the boundaries below, one set a block. E2M1's grid midpoints th (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) all have
+// an fp32 mantissa ending in 0, so fl(q) rounds a tie onto th: fl(q) > th ⟺ q > th + h (h half the fp32 spacing
+// above th) and fl(q) ≥ th ⟺ q ≥ th − h' (h' half the spacing below). So with Y = (th ± h)·sf (exact in double; in
+// fp32 the sum of the two exact products th·sf and h·sf): "> th" (0.25, 1.25, 2.5, 5: ties to the even code below)
+// needs |a| > Y ⟺ |a| > RD(Y); "≥ th" (0.75, 1.75, 3.5) needs |a| ≥ Y ⟺ |a| > prev(RU(Y)).
+struct Nvfp4Thresholds {
+  float t[7];
+};
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ Nvfp4Thresholds nvfp4_thresholds(float sf) {
+  constexpr float th[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+  constexpr float h[7] = {0x1p-26f, 0x1p-25f, 0x1p-24f, 0x1p-24f, 0x1p-23f, 0x1p-23f, 0x1p-22f};
+  Nvfp4Thresholds r;
+#pragma unroll
+  for (int i = 0; i < 7; ++i) {
+    if (i == 1 || i == 3 || i == 5)
+      r.t[i] = u2f(f2u(__fadd_ru(th[i] * sf, -(h[i] * sf))) - 1u);
+    else
+      r.t[i] = __fadd_rd(th[i] * sf, h[i] * sf);
+  }
+  return r;
+}
+#else
+inline Nvfp4Thresholds nvfp4_thresholds(float sf) {
+  const double th[7] = {0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0};
+  const double h[7] = {0x1p-26, -0x1p-25, 0x1p-24, -0x1p-24, 0x1p-23, -0x1p-23, 0x1p-22};
+  Nvfp4Thresholds r;
+  for (int i = 0; i < 7; ++i) {
+    const double y = (th[i] + h[i]) * static_cast<double>(sf);  // exact
+    float f = static_cast<float>(y);
+    if (h[i] > 0) {  // RD
+      if (static_cast<double>(f) > y) f = std::nextafter(f, 0.0f);
+    } else {  // prev(RU)
+      if (static_cast<double>(f) < y) f = std::nextafter(f, INFINITY);
+      f = std::nextafter(f, 0.0f);
+    }
+    r.t[i] = f;
+  }
+  return r;
+}
+#endif
+
+// The E2M1 code (sign in bit 3; NaN → 0) of fl(a / sf) from the thresholds.
+KILN_F4_HD unsigned nvfp4_code(float a, const Nvfp4Thresholds& t) {
+  if (a != a) return 0u;
+  const float m = a < 0.0f ? -a : a;
+  unsigned c = 0;
+#pragma unroll
+  for (int i = 0; i < 7; ++i) c += m > t.t[i] ? 1u : 0u;
+  return c | ((f2u(a) >> 28) & 8u);
+}
+
+}  // namespace f4r
+}  // namespace kiln
