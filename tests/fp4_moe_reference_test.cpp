@@ -6,7 +6,10 @@
 #include <stdexcept>
 #include <vector>
 
+#include "compile_util.hpp"
+#include "kiln/kiln.hpp"
 #include "reference/fp4_moe.hpp"
+#include "runtime/family.hpp"
 #include "test_util.hpp"
 
 namespace kiln::test {
@@ -115,6 +118,63 @@ TEST(Fp4MoeRouting, LauncherConstraints) {
   EXPECT_THROW(route(Fp4MoeRouting::DeepSeekV3, 2, kZ, {}, o), std::invalid_argument);
   std::vector<float> big(1024, 0.f);
   EXPECT_THROW(route(Fp4MoeRouting::DeepSeekV3, 2, big), std::invalid_argument);  // E ≤ 512
+}
+
+}  // namespace
+}  // namespace kiln::test
+
+namespace kiln::test {
+namespace {
+
+// The routing kernel: NVRTC compiles each method (with and without groups / bias, fp32 and bf16 logits, E not a
+// multiple of 32), and every argument error is typed and named.
+TEST(Fp4MoeRouteKernel, CompilesForEveryMethod) {
+  std::vector<detail::Specialization> specs;
+  const detail::FamilyDef& f = registered_family("fp4_moe_route");
+  for (int m = 0; m <= 8; ++m) {
+    detail::Specialization s;
+    s.family = &f;
+    s.arch = detail::Arch::parse("sm_90a");
+    s.kernel = 0;
+    const int64_t K = m == 3 ? 1 : 8, G = m == 2 ? 8 : 0, TG = m == 2 ? 4 : 0, bias = (m == 2 || m == 7) ? 1 : 0;
+    s.params = {static_cast<int64_t>(m % 2 ? DType::bf16 : DType::f32), m, m == 5 ? 60 : 256, K, G, TG, bias};
+    s.config = {4};
+    specs.push_back(s);
+  }
+  expect_compiles(specs);
+}
+
+TEST(Fp4MoeRouteKernel, ArgumentErrorsNameTheArgument) {
+  Runtime rt{RuntimeOptions{.arch = "sm_90a", .memory_only = true}};
+  TensorRef z = TensorRef::contiguous(fake(0), DType::f32, {64, 256});
+  TensorRef ids = TensorRef::contiguous(fake(1), DType::i32, {64, 8});
+  TensorRef w = TensorRef::contiguous(fake(2), DType::bf16, {64, 8});
+  TensorRef b = TensorRef::contiguous(fake(3), DType::f32, {256});
+  kiln::Fp4MoeRouteOptions o;
+  o.method = Fp4MoeRoutingMethod::DeepSeekV3;
+  o.top_k = 8;
+  o.n_group = 8;
+  o.topk_group = 4;
+  EXPECT_REACHES_DEVICE(kiln::fp4_moe_route(rt, z, &b, ids, w, o, nullptr));
+  o.topk_group = 5;
+  EXPECT_THROW_NAMING(kiln::fp4_moe_route(rt, z, &b, ids, w, o, nullptr), "topk_group", InvalidArgument);
+  o.topk_group = 4;
+  o.n_group = 3;
+  EXPECT_THROW_NAMING(kiln::fp4_moe_route(rt, z, &b, ids, w, o, nullptr), "n_group", InvalidArgument);
+  o.n_group = 8;
+  o.method = Fp4MoeRoutingMethod::Renormalize;
+  EXPECT_THROW_NAMING(kiln::fp4_moe_route(rt, z, &b, ids, w, o, nullptr), "bias", InvalidArgument);
+  o.method = Fp4MoeRoutingMethod::Llama4;
+  EXPECT_THROW_NAMING(kiln::fp4_moe_route(rt, z, nullptr, ids, w, o, nullptr), "top_k", InvalidArgument);
+  o.method = Fp4MoeRoutingMethod::TopK;
+  const TensorRef z6 = TensorRef::contiguous(fake(0), DType::f32, {64, 6});
+  EXPECT_THROW_NAMING(kiln::fp4_moe_route(rt, z6, nullptr, ids, w, o, nullptr), "logits", ShapeMismatchError);
+  const TensorRef w32 = TensorRef::contiguous(fake(2), DType::f32, {64, 8});
+  EXPECT_THROW_NAMING(kiln::fp4_moe_route(rt, z, nullptr, ids, w32, o, nullptr), "topk_weights", UnsupportedDtypeError);
+  const TensorRef ids4 = TensorRef::contiguous(fake(1), DType::i32, {64, 4});
+  EXPECT_THROW_NAMING(kiln::fp4_moe_route(rt, z, nullptr, ids4, w, o, nullptr), "topk_ids", ShapeMismatchError);
+  o.method = static_cast<Fp4MoeRoutingMethod>(9);
+  EXPECT_THROW_NAMING(kiln::fp4_moe_route(rt, z, nullptr, ids, w, o, nullptr), "method", InvalidArgument);
 }
 
 }  // namespace
