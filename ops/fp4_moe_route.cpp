@@ -11,6 +11,10 @@
 #include "runtime/validate.hpp"
 
 namespace kiln {
+namespace detail {
+// ops/bench/fp4_moe_route.cpp: a runnable op (also the tuner's instance).
+BenchInstance fp4_moe_route_tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
+}  // namespace detail
 
 namespace {
 using namespace detail;
@@ -29,12 +33,9 @@ int smem_bytes(const Specialization&) { return 0; }
 
 void enumerate(const ModelConfig&, Arch, std::vector<Specialization>&) {}  // no preset uses this MoE yet
 void search_space(const Specialization& s, std::vector<Specialization>& out);
-BenchInstance no_instance(Runtime&, const Specialization& s, int64_t) {
-  throw InvalidArgument(fmt::format("fp4_moe_route: no tuner instance yet ({})", s.describe()));
-}
 
 FamilyDef g_family{"fp4_moe_route", {"route"}, {"dtype", "method", "E", "K", "n_group", "topk_group", "bias"},
-                   {"warps"}, render, smem_bytes, enumerate, search_space, no_instance};
+                   {"warps"}, render, smem_bytes, enumerate, search_space, fp4_moe_route_tune_instance};
 
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   out.push_back(base);
