@@ -16,6 +16,7 @@
 #include "kiln/fp8_gemm_args.h"
 #include "kiln/mbarrier.cuh"
 #include "kiln/ptx.cuh"
+#include "kiln/tile_pipeline.cuh"
 #include "kiln/wgmma.cuh"
 
 namespace kiln {
@@ -137,20 +138,9 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
   const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u, stg = base + STAGES * STAGE, bars = stg + 2 * STG;
   const int tid = threadIdx.x, wg = tid / 128;
   const int tiles = a.m_tiles * NT;
-  auto origin = [&](int t, int& m0, int& n0) {
-    const int group = t / (GM * NT), first = group * GM;
-    const int gm = a.m_tiles - first < GM ? a.m_tiles - first : GM, r = t - group * GM * NT;
-    m0 = (first + r % gm) * BM;
-    n0 = (r / gm) * BN;
-  };
+  auto origin = [&](int t, int& m0, int& n0) { tp::grouped_origin<GM, NT, BM, BN>(t, a.m_tiles, m0, n0); };
 
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(bars + 8 * s, 1);
-      mbar_init(bars + 8 * (STAGES + s), 2);
-    }
-    fence_mbar_init();
-  }
+  if (tid == 0) tp::ring_init<STAGES>(bars, 2);  // both consumer warpgroups release every stage
   __syncthreads();
 
   if (wg == 0) {  // producer
@@ -158,21 +148,17 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
     if (tid == 0) {
       prefetch_tmap(&a.tma);
       prefetch_tmap(&a.tmb);
-      int s = 0;
-      u32 phase = 0;
+      tp::RingPos<STAGES> rp;
       for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
         int m0, n0;
         origin(t, m0, n0);
         for (int kc = 0; kc < CHUNKS; ++kc) {
-          mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
-          const u32 full = bars + 8 * s, sa = base + s * STAGE;
+          mbar_wait(bars + 8 * (STAGES + rp.s), rp.phase ^ 1);
+          const u32 full = bars + 8 * rp.s, sa = base + rp.s * STAGE;
           mbar_arrive_expect_tx(full, TX);
           tma_load_2d(sa, &a.tma, full, kc * KB, m0);
           tma_load_2d(sa + A_BYTES, &a.tmb, full, kc * KB, n0);
-          if (++s == STAGES) {
-            s = 0;
-            phase ^= 1;
-          }
+          rp.next();
         }
       }
     }
@@ -182,8 +168,7 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
     const float alpha = static_cast<float>((200704.0 / 16129.0) /
                                            (static_cast<double>(__ldg(a.a_scale)) * static_cast<double>(__ldg(a.b_scale))));
     TO* out = static_cast<TO*>(a.out);
-    int s = 0;
-    u32 phase = 0;
+    tp::RingPos<STAGES> rp;
     for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
       int m0, n0;
       origin(t, m0, n0);
@@ -204,8 +189,8 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
       }
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
-        mbar_wait(bars + 8 * s, phase);
-        const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES;
+        mbar_wait(bars + 8 * rp.s, rp.phase);
+        const u32 sa = base + rp.s * STAGE + wm * 64 * 128, sb = base + rp.s * STAGE + A_BYTES;
         wgmma::fence_regs(acc);
         wgmma::wgmma_fence();
 #pragma unroll
@@ -221,11 +206,8 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
         wgmma::wgmma_wait<1>();
         wgmma::fence_regs(acc);
         if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));
-        prev = s;
-        if (++s == STAGES) {
-          s = 0;
-          phase ^= 1;
-        }
+        prev = rp.s;
+        rp.next();
       }
       wgmma::wgmma_wait<0>();
       wgmma::fence_regs(acc);
@@ -264,18 +246,8 @@ __global__ void __launch_bounds__(384, 1) fp8_gemm_kernel(const __grid_constant_
       auto v = [&](int i) { return __int_as_float(acc[i]); };
       if constexpr (STG > 0) {
         if (a.staged) {
-          const u32 buf = stg + wm * STG;
-          if ((tid & 127) == 0) bulk_wait_read();
-          asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
-          wgmma::stage_sw128<BN>(buf, lane, warp, [&](int i) { return pack2<TO>(v(i), v(i + 1)); });
-          fence_proxy_async();
-          asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
-          if ((tid & 127) == 0 && m0 + wm * 64 < a.M) {
-#pragma unroll
-            for (int at = 0; at < BN / 64; ++at)
-              if (n0 + at * 64 < N) tma_store_2d(&a.tmo, buf + at * 8192, n0 + at * 64, m0 + wm * 64);
-            bulk_commit();
-          }
+          tp::store_block_tma<BN>(stg + wm * STG, &a.tmo, wm, tid, lane, warp, m0, n0, a.M, N,
+                                  [&](int i) { return pack2<TO>(v(i), v(i + 1)); });
           continue;
         }
       }

@@ -18,6 +18,7 @@
 // the next tile's first chunks while the consumers finish the current one's MMAs and epilogue.
 #pragma once
 #include "kiln/gated_mlp_args.h"
+#include "kiln/tile_pipeline.cuh"
 #include "kiln/wgmma.cuh"
 #include "kiln/mbarrier.cuh"
 #include "kiln/ptx.cuh"
@@ -98,20 +99,9 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
 
   // Tile t's origin: groups of GM row tiles, row tile fastest inside a group.
   const int tiles = a.m_tiles * NT;
-  auto origin = [&](int t, int& m0, int& n0) {
-    const int group = t / (GM * NT), first = group * GM;
-    const int gm = a.m_tiles - first < GM ? a.m_tiles - first : GM, r = t - group * GM * NT;
-    m0 = (first + r % gm) * BM;
-    n0 = (r / gm) * BN;
-  };
+  auto origin = [&](int t, int& m0, int& n0) { tp::grouped_origin<GM, NT, BM, BN>(t, a.m_tiles, m0, n0); };
 
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(bars + 8 * s, 1);
-      mbar_init(bars + 8 * (STAGES + s), 2);  // both consumer warpgroups release every stage
-    }
-    fence_mbar_init();
-  }
+  if (tid == 0) tp::ring_init<STAGES>(bars, 2);  // both consumer warpgroups release every stage
   __syncthreads();
 
   if (wg == 0) {  // producer
@@ -120,22 +110,18 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
       prefetch_tmap(&a.tmx);
       prefetch_tmap(&a.tmg);
       prefetch_tmap(&a.tmu);
-      int s = 0;
-      u32 phase = 0;
+      tp::RingPos<STAGES> rp;
       for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
         int m0, n0;
         origin(t, m0, n0);
         for (int kc = 0; kc < CHUNKS; ++kc) {
-          mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
-          const u32 full = bars + 8 * s, sa = base + s * STAGE;
+          mbar_wait(bars + 8 * (STAGES + rp.s), rp.phase ^ 1);
+          const u32 full = bars + 8 * rp.s, sa = base + rp.s * STAGE;
           mbar_arrive_expect_tx(full, TX);
           tma_load_2d(sa, &a.tmx, full, kc * KB, m0);
           tma_load_2d(sa + A_BYTES, &a.tmg, full, kc * KB, n0);
           tma_load_2d(sa + A_BYTES + B_BYTES, &a.tmu, full, kc * KB, n0);
-          if (++s == STAGES) {
-            s = 0;
-            phase ^= 1;
-          }
+          rp.next();
         }
       }
     }
@@ -144,8 +130,7 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     T* out = static_cast<T*>(a.out);
     const bool even = (a.out_stride & 1) == 0;  // pairs of an odd row stride are not aligned in every row
-    int s = 0;
-    u32 phase = 0;
+    tp::RingPos<STAGES> rp;
     for (int t = static_cast<int>(blockIdx.x); t < tiles; t += static_cast<int>(gridDim.x)) {
       int m0, n0;
       origin(t, m0, n0);
@@ -154,8 +139,8 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
       for (int i = 0; i < BN / 2; ++i) g[i] = u[i] = 0.f;
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
-        mbar_wait(bars + 8 * s, phase);
-        const u32 sa = base + s * STAGE + wm * 64 * 128, sg = base + s * STAGE + A_BYTES, su = sg + B_BYTES;
+        mbar_wait(bars + 8 * rp.s, rp.phase);
+        const u32 sa = base + rp.s * STAGE + wm * 64 * 128, sg = base + rp.s * STAGE + A_BYTES, su = sg + B_BYTES;
         wgmma::fence_regs(g);
         wgmma::fence_regs(u);
         wgmma::wgmma_fence();
@@ -170,11 +155,8 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
         wgmma::fence_regs(g);
         wgmma::fence_regs(u);
         if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));  // its MMAs are done
-        prev = s;
-        if (++s == STAGES) {
-          s = 0;
-          phase ^= 1;
-        }
+        prev = rp.s;
+        rp.next();
       }
       wgmma::wgmma_wait<0>();
       wgmma::fence_regs(g);
@@ -183,20 +165,9 @@ __global__ void __launch_bounds__(384, 1) gated_mlp_kernel(const __grid_constant
       // Register i of lane l: row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}.
       if constexpr (STG > 0) {
         if (a.staged) {
-          const u32 buf = stg + wm * STG;
-          if ((tid & 127) == 0) bulk_wait_read();  // the previous tile's stores have read the buffer
-          asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
-          wgmma::stage_sw128<BN>(buf, lane, warp, [&](int i) {
+          tp::store_block_tma<BN>(stg + wm * STG, &a.tmo, wm, tid, lane, warp, m0, n0, a.M, I, [&](int i) {
             return pack2<T>(gmlp::activation<ACT>(g[i]) * u[i], gmlp::activation<ACT>(g[i + 1]) * u[i + 1]);
           });
-          fence_proxy_async();  // stmatrix writes → the copy engine's reads
-          asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
-          if ((tid & 127) == 0 && m0 + wm * 64 < a.M) {
-#pragma unroll
-            for (int at = 0; at < BN / 64; ++at)
-              if (n0 + at * 64 < I) tma_store_2d(&a.tmo, buf + at * 8192, n0 + at * 64, m0 + wm * 64);
-            bulk_commit();
-          }
           continue;
         }
       }
