@@ -41,7 +41,10 @@ struct Case {
   bool bias;
 };
 
-class Fp4MoeRouteGpu : public GpuTest {};
+class Fp4MoeRouteGpu : public GpuTest {
+ protected:
+  void run_cases(const std::vector<Case>& cases, bool ties);
+};
 
 TEST_F(Fp4MoeRouteGpu, EveryMethodMatchesTheReference) {
   using M = Fp4MoeRoutingMethod;
@@ -50,14 +53,33 @@ TEST_F(Fp4MoeRouteGpu, EveryMethodMatchesTheReference) {
       {M::DeepSeekV3, 256, 8, 8, 4, true},   {M::DeepSeekV3, 384, 8, 0, 0, true},
       {M::Llama4, 128, 1, 0, 0, false},      {M::RenormalizeNaive, 60, 2, 0, 0, false},
       {M::TopK, 512, 8, 0, 0, false},        {M::SigmoidRenorm, 128, 6, 0, 0, false},
-      {M::MiniMax2, 256, 8, 0, 0, true},     {M::Sigmoid, 64, 8, 0, 0, false}};
+      {M::MiniMax2, 256, 8, 0, 0, true},     {M::Sigmoid, 64, 8, 0, 0, false},
+      {M::DeepSeekV3, 64, 4, 4, 2, true},    {M::DeepSeekV3, 120, 6, 4, 2, true}};  // groups of 8 lanes; a lane's
+                                                                                    // experts across two groups
+  run_cases(cases, false);
+}
+
+// Logits from {−1, 0, 1} (and no bias): most experts tie with others, groups tie with groups; ids must follow the
+// reference's rule (ties to the lower expert, the lower group) exactly.
+TEST_F(Fp4MoeRouteGpu, TiesGoToTheLowerExpertAndGroup) {
+  using M = Fp4MoeRoutingMethod;
+  const std::vector<Case> cases = {
+      {M::Default, 128, 4, 0, 0, false},   {M::Renormalize, 60, 3, 0, 0, false}, {M::DeepSeekV3, 256, 8, 8, 4, false},
+      {M::DeepSeekV3, 120, 6, 4, 2, false}, {M::TopK, 512, 8, 0, 0, false},      {M::Sigmoid, 64, 8, 0, 0, false},
+      {M::MiniMax2, 256, 8, 0, 0, false}};
+  run_cases(cases, true);
+}
+
+void Fp4MoeRouteGpu::run_cases(const std::vector<Case>& cases, bool ties) {
   Runtime& r = rt();
   for (const Case& c : cases)
     for (DType t : {DType::f32, DType::bf16})
       for (int64_t T : {int64_t{1}, int64_t{17}, int64_t{1000}}) {
         SCOPED_TRACE("method " + std::to_string(static_cast<int>(c.method)) + " E " + std::to_string(c.E) + " K " +
                      std::to_string(c.K) + " " + std::string(dtype_name(t)) + " T " + std::to_string(T));
-        const std::vector<float> z = distinct_logits(T, c.E, 7 * T + c.E, t);
+        std::vector<float> z = distinct_logits(T, c.E, 7 * T + c.E, t);
+        if (ties)
+          for (float& v : z) v = v < -1.5f ? -1.0f : v < 1.5f ? 0.0f : 1.0f;
         std::vector<float> bias;
         if (c.bias) {
           bias = randn(c.E, 99, 0.05f);
