@@ -20,8 +20,7 @@ namespace f4q {
 
 // E2M1 code of v (sign in bit 3, NaN → 0): the magnitude from the fp32 bits (kiln/fp4_rules.h).
 __device__ __forceinline__ u32 e2m1(float v) {
-  if (v != v) return 0u;
-  return f4r::e2m1_mag_bits(fabsf(v)) | ((__float_as_uint(v) >> 28) & 8u);
+  return f4r::e2m1_mag_bits(fabsf(v)) | (v == v ? (__float_as_uint(v) >> 28) & 8u : 0u);
 }
 
 // The value of an E4M3 byte ≤ 0x7E (non-negative).

@@ -43,15 +43,16 @@ KILN_F4_HD int rint_int(float v) {
 }
 
 // The E2M1 magnitude code of y (y ≥ 0, +inf or NaN): nearest of 0, .5, 1, 1.5, 2, 3, 4, 6 with ties to the even code,
-// saturating; NaN → 0. Below 1 the grid is 0.5 apart: rint(2y). From 1 up E2M1 keeps one mantissa bit: round the
-// fp32 bits to nearest even at bit 22 (add 0x1FFFFF plus bit 22, carry into the exponent), then exponent·2 + bit is
-// 254 + code − 2.
+// saturating; NaN → 0. Below 1 the grid is 0.5 apart: rint(2y), read from the low bits of 2y + 1.5·2^23 (one fp32
+// rounding to nearest even of the exact 2y). From 1 up E2M1 keeps one mantissa bit: round the fp32 bits to nearest
+// even at bit 22 (add 0x1FFFFF plus bit 22, carry into the exponent), then exponent·2 + bit is 254 + code − 2.
+// Branch-free (both forms computed, one selected): a branch an element made the kernel's warps diverge.
 KILN_F4_HD unsigned e2m1_mag_bits(float y) {
   const unsigned u = f2u(y);
-  if (u > 0x7f800000u) return 0u;
-  if (u < 0x3f800000u) return static_cast<unsigned>(rint_int(y * 2.0f));
-  const unsigned c = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;
-  return c > 7u ? 7u : c;
+  const unsigned lo = f2u(fmaf(y, 2.0f, 12582912.0f)) & 3u;
+  const unsigned hi = ((u + 0x1fffffu + ((u >> 22) & 1u)) >> 22) - 252u;
+  const unsigned c = u < 0x3f800000u ? lo : (hi > 7u ? 7u : hi);
+  return u > 0x7f800000u ? 0u : c;
 }
 
 // NVFP4 without the division: the code of fl(a / sf) (sf an E4M3 value > 0, a = fl(x·G)) is Σ_i [|a| > T_i] with
@@ -100,12 +101,11 @@ inline Nvfp4Thresholds nvfp4_thresholds(float sf) {
 
 // The E2M1 code (sign in bit 3; NaN → 0) of fl(a / sf) from the thresholds.
 KILN_F4_HD unsigned nvfp4_code(float a, const Nvfp4Thresholds& t) {
-  if (a != a) return 0u;
   const float m = a < 0.0f ? -a : a;
   unsigned c = 0;
 #pragma unroll
-  for (int i = 0; i < 7; ++i) c += m > t.t[i] ? 1u : 0u;
-  return c | ((f2u(a) >> 28) & 8u);
+  for (int i = 0; i < 7; ++i) c += m > t.t[i] ? 1u : 0u;  // NaN: every compare false, c = 0
+  return c | (a == a ? (f2u(a) >> 28) & 8u : 0u);
 }
 
 }  // namespace f4r
