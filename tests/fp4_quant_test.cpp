@@ -108,6 +108,30 @@ TEST(Fp4QuantRules, E2m1FromTheBitsEqualsTheReference) {
   EXPECT_EQ(bad, 0u) << "first at bits 0x" << std::hex << first;
 }
 
+// The packed bf16 rule (two codes an operation, used by the bf16 MXFP4 kernel on blocks without inf / NaN) equals
+// the reference's code, sign included, for every finite bf16 value in either half of the pair.
+TEST(Fp4QuantRules, PackedBf16CodesEqualTheReference) {
+  uint64_t bad = 0;
+  uint32_t first = 0;
+  const uint32_t other[3] = {0x0000u, 0xbfc0u, 0x40a1u};  // 0, −1.5, 5.03 in the other half
+  for (uint32_t b = 0; b < 0x10000u; ++b) {
+    if ((b & 0x7f80u) == 0x7f80u) continue;  // inf / NaN: the general path's
+    float y;
+    const uint32_t u = b << 16;
+    std::memcpy(&y, &u, 4);
+    const unsigned want = ref::e2m1_from_float(y);
+    for (uint32_t o : other) {
+      float yo;
+      const uint32_t uo = o << 16;
+      std::memcpy(&yo, &uo, 4);
+      const unsigned wo = ref::e2m1_from_float(yo);
+      const unsigned lo = f4r::e2m1x2_bf16(b | (o << 16)), hi = f4r::e2m1x2_bf16(o | (b << 16));
+      if ((lo != (want | (wo << 4)) || hi != (wo | (want << 4))) && bad++ == 0) first = b;
+    }
+  }
+  EXPECT_EQ(bad, 0u) << "first at bf16 bits 0x" << std::hex << first;
+}
+
 // The NVFP4 code from per-block thresholds equals the code of the IEEE quotient fl(a / sf), for every E4M3 scale
 // (the 126 positive values), at and around (±256 ulps) every threshold, and at 20 000 random a per scale.
 TEST(Fp4QuantRules, Nvfp4ThresholdsGiveTheQuotientsCode) {

@@ -23,6 +23,20 @@ __device__ __forceinline__ u32 e2m1(float v) {
   return f4r::e2m1_mag_bits(fabsf(v)) | (v == v ? (__float_as_uint(v) >> 28) & 8u : 0u);
 }
 
+template <typename T> constexpr bool kIsF16 = false;
+template <> constexpr bool kIsF16<f16> = true;
+
+__device__ __forceinline__ u32 max_u16x2(u32 a, u32 b) {
+  u32 d;
+  asm("max.u16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+__device__ __forceinline__ u32 mul_bf16x2(u32 a, u32 b) {
+  u32 d;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+
 // The value of an E4M3 byte ≤ 0x7E (non-negative).
 __device__ __forceinline__ float e4m3_value(u32 c) {
   const u32 e = c >> 3, m = c & 7u;
@@ -55,12 +69,38 @@ __global__ void __launch_bounds__(WARPS * 32) fp4_quantize_kernel(const __grid_c
   const i64 stride = static_cast<i64>(gridDim.x) * (WARPS * 32);
   for (i64 blk = static_cast<i64>(blockIdx.x) * (WARPS * 32) + threadIdx.x; blk < a.blocks; blk += stride) {
     float v[B];
+    u32 raw[B * sizeof(T) / 4];  // the block's words (the bf16 MXFP4 path reads pairs from them)
     const char* src = static_cast<const char*>(a.x) + blk * B * static_cast<i64>(sizeof(T));
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const Vec16 w = load16(src + j * 16);
 #pragma unroll
+      for (int i = 0; i < 4; ++i) raw[j * 4 + i] = w.w[i];
+#pragma unroll
       for (int i = 0; i < V; ++i) v[j * V + i] = vec_get<T>(w, i);
+    }
+    if constexpr (FMT == 1 && sizeof(T) == 2 && !f4q::kIsF16<T>) {
+      // bf16 MXFP4, a block with no inf / NaN (the max of the 15-bit magnitudes, two lanes an operation, is below
+      // 0x7F80): the scale from that max, x · 2^(127 − byte) in bf16 (exact: a power of two, |product| ≤ 6), and
+      // two codes an operation (f4r::e2m1x2_bf16). Blocks with inf / NaN take the general path below.
+      u32 amax2 = 0u;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) amax2 = f4q::max_u16x2(amax2, raw[i] & 0x7fff7fffu);
+      const u32 abits = umax(amax2 & 0xffffu, amax2 >> 16);
+      if (abits < 0x7f80u) {
+        const u32 sb = f4q::mx_scale_byte<1>(__uint_as_float(abits << 16));
+        const u32 f2 = ((254u - sb) << 7) * 0x10001u;
+        u32 w[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          w[j] = f4r::e2m1x2_bf16(f4q::mul_bf16x2(raw[4 * j], f2)) |
+                 (f4r::e2m1x2_bf16(f4q::mul_bf16x2(raw[4 * j + 1], f2)) << 8) |
+                 (f4r::e2m1x2_bf16(f4q::mul_bf16x2(raw[4 * j + 2], f2)) << 16) |
+                 (f4r::e2m1x2_bf16(f4q::mul_bf16x2(raw[4 * j + 3], f2)) << 24);
+        *reinterpret_cast<uint4*>(a.q + blk * 16) = make_uint4(w[0], w[1], w[2], w[3]);
+        a.sf[blk] = static_cast<unsigned char>(sb);
+        continue;
+      }
     }
     float amax = 0.0f;
 #pragma unroll

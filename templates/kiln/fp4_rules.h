@@ -55,6 +55,26 @@ KILN_F4_HD unsigned e2m1_mag_bits(float y) {
   return u > 0x7f800000u ? 0u : c;
 }
 
+// Two E2M1 codes at once from a pair of finite bf16 values y2 (element 0 in the low half), integer operations only:
+// for a non-negative float the bits order like the value, so "|y| ≥ th" is bit 15 of each half of |y2| + (0x8000 −
+// th) (no carry crosses the halves: |y| < 0x7F80). The seven thresholds give a thermometer t1 ≥ … ≥ t7 (ties to the
+// even code: > 0.25, ≥ 0.75, > 1.25, ≥ 1.75, > 2.5, ≥ 3.5, > 5, as the smallest bf16 bits that reach them) whose
+// count is the code: bit 2 = t4, bit 1 = t2 & ¬t4 | t6, bit 0 = the parity; the three planes are shifted under the
+// sign bit (bits 12–15 and 28–31) and merged with two bit selects, then the two nibbles leave as one byte (element 0
+// in the low nibble). Equal to e2m1_mag_bits plus the sign for every finite bf16 (a CPU test, exhaustive).
+KILN_F4_HD unsigned e2m1x2_bf16(unsigned y2) {
+  const unsigned m = y2 & 0x7fff7fffu;
+  const unsigned t1 = m + (0x8000u - 0x3e81u) * 0x10001u, t2 = m + (0x8000u - 0x3f40u) * 0x10001u;
+  const unsigned t3 = m + (0x8000u - 0x3fa1u) * 0x10001u, t4 = m + (0x8000u - 0x3fe0u) * 0x10001u;
+  const unsigned t5 = m + (0x8000u - 0x4021u) * 0x10001u, t6 = m + (0x8000u - 0x4060u) * 0x10001u;
+  const unsigned t7 = m + (0x8000u - 0x40a1u) * 0x10001u;
+  const unsigned b0 = (t1 ^ t2 ^ t3 ^ t4 ^ t5 ^ t6 ^ t7) >> 3, b1 = ((t2 & ~t4) | t6) >> 2, b2 = t4 >> 1;
+  const unsigned r1 = (b0 & 0x10001000u) | (b1 & ~0x10001000u);
+  const unsigned r2 = (r1 & 0x30003000u) | (b2 & ~0x30003000u);
+  const unsigned r3 = (r2 & 0x70007000u) | (y2 & ~0x70007000u);
+  return ((r3 >> 12) & 0xfu) | ((r3 >> 24) & 0xf0u);
+}
+
 // NVFP4 without the division: the code of fl(a / sf) (sf an E4M3 value > 0, a = fl(x·G)) is Σ_i [|a| > T_i] with
 // T_i the boundaries below, one set a block. E2M1's grid midpoints th (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) all have
 // an fp32 mantissa ending in 0, so fl(q) rounds a tie onto th: fl(q) > th ⟺ q > th + h (h half the fp32 spacing
