@@ -319,10 +319,7 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
   check_f32(ck, "output1_scale_gate_scalar", in.output1_scale_gate_scalar, {El});
   check_f32(ck, "output2_scale_scalar", in.output2_scale_scalar, {El});
 
-  // Sizes (int32 row indices).
   ck.fits_int32("top_k", T * K, "T·K (routed slots)");
-  const int64_t rows_cap = T > 0 ? fp4_moe_max_padded_rows(rt, T, K, El) : 0;
-  ck.fits_int32("hidden_states", rows_cap, "the permuted rows T·K + E_l·(tile − 1)");
 
   // Outputs (§8) and the replay buffer (§9.2).
   int64_t H_out = 0;
@@ -344,15 +341,6 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
                                                  : "expanded_idx_to_permuted_idx",
                  "expected gemm2_output, expert_weights and expanded_idx_to_permuted_idx when do_finalize is false");
   }
-  if (out.gemm2_output != nullptr) {
-    const TensorRef& g = *out.gemm2_output;
-    ck.dtype("gemm2_output", g, {DType::bf16});
-    if (g.ndim != 2 || g.shape[1] != H || g.shape[0] < rows_cap)
-      ck.shape_error("gemm2_output", fmt::format("expected [≥ {} (fp4_moe_max_padded_rows), H = {}], got shape {}",
-                                                 rows_cap, H, shape_str(g)));
-    ck.contiguous("gemm2_output", g);
-    if (rows_cap > 0) ck.pointer("gemm2_output", g, 16);
-  }
   if (out.expert_weights != nullptr) ck.tensor("expert_weights", *out.expert_weights, {DType::bf16}, {T, K}, 2);
   if (out.expanded_idx_to_permuted_idx != nullptr)
     ck.tensor("expanded_idx_to_permuted_idx", *out.expanded_idx_to_permuted_idx, {DType::i32}, {T * K}, 4);
@@ -364,6 +352,18 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
                      fmt::format("expected [N ≥ T = {}, top_k = {}], got shape {}", T, K, shape_str(r)));
     ck.contiguous("routing_replay_out", r);
     if (T > 0) ck.pointer("routing_replay_out", r, 2);
+  }
+  // Sizes that depend on the GEMM's token tile (int32 row indices), last.
+  const int64_t rows_cap = T > 0 ? fp4_moe_max_padded_rows(rt, T, K, El) : 0;
+  ck.fits_int32("hidden_states", rows_cap, "the permuted rows T·K + E_l·(tile − 1)");
+  if (out.gemm2_output != nullptr) {
+    const TensorRef& g = *out.gemm2_output;
+    ck.dtype("gemm2_output", g, {DType::bf16});
+    if (g.ndim != 2 || g.shape[1] != H || g.shape[0] < rows_cap)
+      ck.shape_error("gemm2_output", fmt::format("expected [≥ {} (fp4_moe_max_padded_rows), H = {}], got shape {}",
+                                                 rows_cap, H, shape_str(g)));
+    ck.contiguous("gemm2_output", g);
+    if (rows_cap > 0) ck.pointer("gemm2_output", g, 16);
   }
   const Layout lay = layout(T, K, H, I, El, rows_cap, opt.do_finalize);
   if (workspace != nullptr) {
