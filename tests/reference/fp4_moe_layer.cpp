@@ -86,7 +86,8 @@ std::vector<float> fp4_moe_finalize(std::span<const float> y, int64_t H, std::sp
   return out;
 }
 
-std::vector<float> fp4_moe_dequant_weights(bool mxfp4, int64_t E_l, int64_t R, int64_t C, std::span<const uint8_t> codes,
+std::vector<float> fp4_moe_dequant_weights(bool mxfp4, int64_t E_l, int64_t R, int64_t C,
+                                           std::span<const uint8_t> codes,
                                            std::span<const uint8_t> scales) {
   const int64_t B = mxfp4 ? 32 : 16;
   std::vector<float> w(E_l * R * C);

@@ -38,7 +38,8 @@ std::vector<float> fp4_moe_finalize(std::span<const float> y, int64_t H, std::sp
 
 // FP4 weights [E_l, R, C] dequantized from canonical codes [E_l, R, C/2] and scales [E_l, R, C/16] (nvfp4: E4M3) or
 // [E_l, R, C/32] (mxfp4: UE8M0): e2m1·sf — nvfp4's per-expert global factor lives in the §7 scalars.
-std::vector<float> fp4_moe_dequant_weights(bool mxfp4, int64_t E_l, int64_t R, int64_t C, std::span<const uint8_t> codes,
+std::vector<float> fp4_moe_dequant_weights(bool mxfp4, int64_t E_l, int64_t R, int64_t C,
+                                           std::span<const uint8_t> codes,
                                            std::span<const uint8_t> scales);
 
 enum class Fp4MoeAct : int { Swiglu = 3, Geglu = 4, Relu2 = 6, Identity = 7 };
