@@ -274,43 +274,51 @@ __global__ void __launch_bounds__(THREADS) fp4_moe_gather_kernel(const __grid_co
     return;
   }
   if (lane == 0 && a.row_scale != nullptr) a.row_scale[r] = a.per_token_scale[tok];
-  if constexpr (FMT == 0) {
-    const char* in = static_cast<const char*>(a.hidden) + static_cast<long long>(tok) * H * 2;
-    for (int v = lane; v < H / 8; v += 32) store16(out + v * 16, load16_stream(in + v * 16));
-  } else if constexpr (FMT == 1) {
-    const char* in = static_cast<const char*>(a.hidden) + static_cast<long long>(tok) * (H / 2);
-    const unsigned char* sc = a.scale + static_cast<long long>(tok) * (H / 16);
-    for (int v = lane; v < H / 32; v += 32) {
-      const Vec16 q = load16_stream(in + v * 16);
-      const u32 s2 = *reinterpret_cast<const unsigned short*>(sc + v * 2);
-      const float sf0 = e4m3_float(s2), sf1 = e4m3_float(s2 >> 8);
+  // Elements a lane step; U steps a lane issue their loads before their stores (several 16-byte loads in flight).
+  constexpr int EPV = FMT == 0 ? 8 : FMT == 1 ? 32 : 16;
+  constexpr int U = FMT == 0 ? 4 : 2;
+  const int nv = H / EPV;
+  const long long in_row = FMT == 0 ? 2ll * H : FMT == 1 ? H / 2 : H;
+  const char* in = static_cast<const char*>(a.hidden) + static_cast<long long>(tok) * in_row;
+  for (int v0 = lane; v0 < nv; v0 += 32 * U) {
+    Vec16 q[U];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {  // bytes 4j … 4j + 3: elements 8j … 8j + 7
-        const float sf = j < 2 ? sf0 : sf1;
-        Vec16 o;
+    for (int u = 0; u < U; ++u)
+      if (v0 + 32 * u < nv) q[u] = load16_stream(in + (v0 + 32 * u) * 16);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const u32 byte = (q.w[j] >> (8 * i)) & 0xffu;
-          o.w[i] = bf16x2(e2m1_float(byte & 15u) * sf, e2m1_float(byte >> 4) * sf);
+    for (int u = 0; u < U; ++u) {
+      const int v = v0 + 32 * u;
+      if (v >= nv) break;
+      if constexpr (FMT == 0) {
+        store16(out + v * 16, q[u]);
+      } else if constexpr (FMT == 1) {
+        const unsigned char* sc = a.scale + static_cast<long long>(tok) * (H / 16) + v * 2;
+        const u32 s2 = *reinterpret_cast<const unsigned short*>(sc);
+        const float sf0 = e4m3_float(s2), sf1 = e4m3_float(s2 >> 8);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {  // bytes 4j … 4j + 3: elements 8j … 8j + 7 (block 2v for j < 2, else 2v + 1)
+          const float sf = j < 2 ? sf0 : sf1;
+          Vec16 o;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const u32 byte = (q[u].w[j] >> (8 * i)) & 0xffu;
+            o.w[i] = bf16x2(e2m1_float(byte & 15u) * sf, e2m1_float(byte >> 4) * sf);
+          }
+          store16(out + (v * 4 + j) * 16, o);
         }
-        store16(out + (v * 4 + j) * 16, o);
-      }
-    }
-  } else {
-    const char* in = static_cast<const char*>(a.hidden) + static_cast<long long>(tok) * H;
-    for (int v = lane; v < H / 16; v += 32) {
-      const Vec16 q = load16_stream(in + v * 16);
-      float sf = 1.0f;
-      if constexpr (FMT == 2) sf = ue8m0_float(a.scale[static_cast<long long>(tok) * (H / 32) + v / 2]);
+      } else {
+        float sf = 1.0f;
+        if constexpr (FMT == 2) sf = ue8m0_float(a.scale[static_cast<long long>(tok) * (H / 32) + v / 2]);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        Vec16 o;
+        for (int j = 0; j < 2; ++j) {  // bytes 8j … 8j + 7
+          Vec16 o;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const u32 w = q.w[2 * j + i / 2] >> (16 * (i & 1));
-          o.w[i] = bf16x2(e4m3_float(w) * sf, e4m3_float(w >> 8) * sf);
+          for (int i = 0; i < 4; ++i) {
+            const u32 w = q[u].w[2 * j + i / 2] >> (16 * (i & 1));
+            o.w[i] = bf16x2(e4m3_float(w) * sf, e4m3_float(w >> 8) * sf);
+          }
+          store16(out + (v * 2 + j) * 16, o);
         }
-        store16(out + (v * 2 + j) * 16, o);
       }
     }
   }
