@@ -31,19 +31,22 @@ constexpr int64_t kSmallSlots = 4096;     // T·K up to which one CTA builds the
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/fp4_moe.cuh\"\n";
-  const auto& p = s.params;
+  // Zeros (a default Specialization, compile tests) stand for E_l 32, K 1, 256 threads.
+  const int64_t el = s.params[P_EL] > 0 ? s.params[P_EL] : 32, k = s.params[P_K] > 0 ? s.params[P_K] : 1;
+  const int64_t fmt_ = s.params[P_FMT], threads = s.config[C_THREADS] > 0 ? s.config[C_THREADS] : 256;
   switch (s.kernel) {
-    case kMetaSmall: name = fmt::format("kiln::fp4_moe_meta_small_kernel<{}, {}>", p[P_EL], p[P_K]); break;
-    case kMetaHist: name = fmt::format("kiln::fp4_moe_meta_hist_kernel<{}, {}>", p[P_EL], p[P_K]); break;
-    case kMetaScan: name = fmt::format("kiln::fp4_moe_meta_scan_kernel<{}>", p[P_EL]); break;
-    case kMetaScatter: name = fmt::format("kiln::fp4_moe_meta_scatter_kernel<{}, {}>", p[P_EL], p[P_K]); break;
-    case kGather: name = fmt::format("kiln::fp4_moe_gather_kernel<{}, {}>", p[P_FMT], s.config[C_THREADS]); break;
-    default: name = fmt::format("kiln::fp4_moe_finalize_kernel<{}, {}>", p[P_K], s.config[C_THREADS]); break;
+    case kMetaSmall: name = fmt::format("kiln::fp4_moe_meta_small_kernel<{}, {}>", el, k); break;
+    case kMetaHist: name = fmt::format("kiln::fp4_moe_meta_hist_kernel<{}, {}>", el, k); break;
+    case kMetaScan: name = fmt::format("kiln::fp4_moe_meta_scan_kernel<{}>", el); break;
+    case kMetaScatter: name = fmt::format("kiln::fp4_moe_meta_scatter_kernel<{}, {}>", el, k); break;
+    case kGather: name = fmt::format("kiln::fp4_moe_gather_kernel<{}, {}>", fmt_, threads); break;
+    default: name = fmt::format("kiln::fp4_moe_finalize_kernel<{}, {}>", k, threads); break;
   }
 }
 
 int smem_bytes(const Specialization&) { return 0; }  // static shared memory only (≤ 22 KB at E_l = 512)
-void enumerate(const ModelConfig&, Arch, std::vector<Specialization>&) {}  // no preset uses this MoE yet
+
+// No enumerate (no preset uses this MoE yet: a family outside the models), no search space, no tune instance.
 
 FamilyDef g_family{"fp4_moe",
                    {"meta_small", "meta_hist", "meta_scan", "meta_scatter", "gather", "finalize"},
@@ -51,7 +54,7 @@ FamilyDef g_family{"fp4_moe",
                    {"threads"},
                    render,
                    smem_bytes,
-                   enumerate,
+                   nullptr,
                    nullptr,
                    nullptr};
 
