@@ -95,7 +95,7 @@ TEST_F(Fp4MoeKernelsGpu, PermutationMatchesTheReferenceBitForBit) {
       DeviceBuffer ib(r, ids.size() * 4), cb(r, c.El * 4), ob(r, (c.El + 1) * 4), eb(r, c.T * c.K * 4),
           tb(r, rows_cap * 4), kb(r, rows_cap * 4), chb(r, detail::fp4_moe_permute_chunk_words(c.T, c.El) * 4),
           rb(r, N * c.K * 2);
-      ib.upload(ids);
+      if (!ids.empty()) ib.upload(ids);
       for (DeviceBuffer* b : {&cb, &ob, &eb, &tb, &kb, &chb, &rb}) b->poison();
       detail::Fp4MoePermuteCall pc;
       pc.topk_ids = static_cast<const int32_t*>(ib.data());
@@ -519,7 +519,7 @@ void Fp4MoeLayerGpu::run(const LayerCase& c) {
   };
   DeviceBuffer zb(r, std::max<int64_t>(T * c.E, 1) * dtype_size(c.logits)), rbb, xb_d, xsb, ptsb, q1b, sf1b, q2b,
       sf2b, b1b, b2b, ab, bb, lb, scb, sgb, s2b;
-  zb.upload(encode(c.logits, p.logits));
+  if (T > 0) zb.upload(encode(c.logits, p.logits));
   if (rbias) {
     rbb = DeviceBuffer(r, c.E * dtype_size(c.logits));
     rbb.upload(encode(c.logits, p.routing_bias));
