@@ -7,12 +7,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "compile_util.hpp"
+#include "kiln/fp4_moe_decode.h"
 #include "kiln/kiln.hpp"
 #include "kiln/ops/fp4_moe.hpp"
 #include "reference/fp4_moe_layer.hpp"
+#include "reference/fp4_quant.hpp"
 #include "runtime/family.hpp"
 #include "test_util.hpp"
 
@@ -48,6 +51,26 @@ TEST(Fp4MoeFamily, EveryKernelCompilesForSm90a) {
       fspec(2, 512, 0, 0, 0), fspec(3, 32, 8, 0, 0),  fspec(4, 0, 0, 0, 256), fspec(4, 0, 0, 1, 256),
       fspec(4, 0, 0, 2, 256), fspec(4, 0, 0, 3, 128), fspec(5, 0, 8, 0, 128), fspec(5, 0, 4, 0, 32)};
   expect_compiles(specs);
+}
+
+// ---- the gather's decoders (kiln/fp4_moe_decode.h, the kernel's own functions) on every code --------------------
+
+TEST(Fp4MoeDecode, EveryCodeEqualsTheReferenceValue) {
+  auto same = [](float a, float b) { return std::memcmp(&a, &b, 4) == 0 || (std::isnan(a) && std::isnan(b)); };
+  for (unsigned c = 0; c < 16; ++c)
+    EXPECT_TRUE(same(f4m::e2m1_float(c), ref::e2m1_value(static_cast<uint8_t>(c)))) << c;
+  for (unsigned c = 0; c < 256; ++c) {
+    EXPECT_TRUE(same(f4m::e4m3_float(c), e4m3_to_float(static_cast<uint8_t>(c)))) << c;
+    const float want = c == 255 ? std::nanf("") : std::ldexp(1.0f, static_cast<int>(c) - 127);
+    EXPECT_TRUE(same(f4m::ue8m0_float(c), want)) << c;
+  }
+  // Every E2M1 × E4M3 product is exact in bf16 (spec §12.3): the NVFP4 gather rounds nothing.
+  for (unsigned a = 0; a < 16; ++a)
+    for (unsigned b = 0; b < 256; ++b) {
+      if ((b & 0x7f) == 0x7f) continue;
+      const float p = f4m::e2m1_float(a) * f4m::e4m3_float(b);
+      EXPECT_EQ(bf16_to_float(float_to_bf16(p)), p) << a << " " << b;
+    }
 }
 
 // ---- references -------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp4_moe_args.h"
+#include "kiln/fp4_moe_decode.h"
 #include "kiln/pdl.cuh"
 
 namespace kiln {
@@ -108,23 +109,6 @@ __device__ __forceinline__ void load_ids(const Fp4MoeMetaArgs& a, long long t, i
   }
 }
 
-__device__ __forceinline__ float e2m1_float(u32 c) {
-  const u32 e = (c >> 1) & 3u, m = c & 1u;
-  u32 b = e ? ((e + 126u) << 23) | (m << 22) : (m ? 0x3f000000u : 0u);
-  return __uint_as_float(b | ((c & 8u) << 28));
-}
-__device__ __forceinline__ float e4m3_float(u32 c) {
-  c &= 0xffu;
-  if ((c & 0x7fu) == 0x7fu) return __uint_as_float(0x7fc00000u);
-  // the fields moved into fp32's: value · 2^−120 (subnormals included), then exact scaling
-  const float v = __uint_as_float(((c & 0x80u) << 24) | ((c & 0x7fu) << 20));
-  return v * 1.329227995784915872903807060280344576e36f;  // 2^120
-}
-__device__ __forceinline__ float ue8m0_float(u32 s) {
-  s &= 0xffu;
-  if (s == 255u) return __uint_as_float(0x7fc00000u);
-  return s == 0u ? __uint_as_float(0x00400000u) : __uint_as_float(s << 23);
-}
 __device__ __forceinline__ u32 bf16x2(float lo, float hi) {
   u32 r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
