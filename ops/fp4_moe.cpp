@@ -171,8 +171,12 @@ void fp4_moe_gather(Runtime& rt, const Fp4MoeGatherCall& c, Stream stream) {
   LaunchDims d;
   d.pdl = c.pdl;
   d.block[0] = static_cast<unsigned>(threads);
-  d.grid[0] = static_cast<unsigned>((c.rows_cap + threads / 32 - 1) / (threads / 32));
-  impl.launch(impl.kernel(t), d, stream, a);
+  // Grid-stride over the rows: sized for rows_cap, at most what is resident at once (most of rows_cap is padding
+  // headroom at decode: T·K rows and E_l·(tile − 1) spare).
+  const Kernel& k = impl.kernel(t);
+  const int64_t ctas = (c.rows_cap + threads / 32 - 1) / (threads / 32);
+  d.grid[0] = static_cast<unsigned>(impl.persistent_grid(k, threads, 0, ctas));
+  impl.launch(k, d, stream, a);
 }
 
 void fp4_moe_finalize(Runtime& rt, const Fp4MoeFinalizeCall& c, Stream stream) {

@@ -238,16 +238,12 @@ __global__ void __launch_bounds__(f4m::kChunk) fp4_moe_meta_scatter_kernel(const
   scatter_chunk<EL, K>(a, t, loc, bm, [&](int e) { return cb[e]; });
 }
 
-// FMT: 0 bf16, 1 nvfp4, 2 mxfp8, 3 e4m3. A warp a permuted row (THREADS / 32 rows a CTA); H % 32 == 0.
-// A lane step covers 8 (bf16), 16 (fp8) or 32 (nvfp4) elements: one 16-byte load, one to four 16-byte stores.
-template <int FMT, int THREADS>
-__global__ void __launch_bounds__(THREADS) fp4_moe_gather_kernel(const __grid_constant__ Fp4MoeGatherArgs a) {
-  using namespace f4m;
-  pdl_wait();
-  pdl_launch_dependents();
-  const int lane = threadIdx.x & 31;
-  const long long r = static_cast<long long>(blockIdx.x) * (THREADS / 32) + (threadIdx.x >> 5);
-  if (r >= a.rows_cap || r >= a.offsets[a.experts]) return;
+namespace f4m {
+
+// One permuted row r < the total (a warp): FMT 0 bf16, 1 nvfp4, 2 mxfp8, 3 e4m3; H % 32 == 0. A lane step covers 8
+// (bf16), 16 (fp8) or 32 (nvfp4) elements: one 16-byte load, one to four 16-byte stores.
+template <int FMT>
+__device__ __forceinline__ void gather_row(const Fp4MoeGatherArgs& a, long long r, int lane) {
   const int tok = a.perm_token[r];
   const int H = a.H;
   char* out = static_cast<char*>(a.act) + r * H * 2;
@@ -306,6 +302,22 @@ __global__ void __launch_bounds__(THREADS) fp4_moe_gather_kernel(const __grid_co
       }
     }
   }
+}
+
+}  // namespace f4m
+
+// A warp a permuted row, grid-stride over the rows below the total (offsets[E_l], read on the device): the grid is
+// sized by the host for rows_cap but at most what fits on the GPU at once.
+template <int FMT, int THREADS>
+__global__ void __launch_bounds__(THREADS) fp4_moe_gather_kernel(const __grid_constant__ Fp4MoeGatherArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int lane = threadIdx.x & 31;
+  long long rows = a.offsets[a.experts];
+  rows = rows < a.rows_cap ? rows : a.rows_cap;
+  const long long step = static_cast<long long>(gridDim.x) * (THREADS / 32);
+  for (long long r = static_cast<long long>(blockIdx.x) * (THREADS / 32) + (threadIdx.x >> 5); r < rows; r += step)
+    f4m::gather_row<FMT>(a, r, lane);
 }
 
 // A CTA a token (THREADS threads, 8 columns a thread a step); H_out % 8 == 0.
