@@ -162,7 +162,8 @@ void fp4_moe_permute(Runtime& rt, const Fp4MoePermuteCall& c, Stream stream) {
 void fp4_moe_gather(Runtime& rt, const Fp4MoeGatherCall& c, Stream stream) {
   if (c.rows_cap <= 0) return;
   auto& impl = rt.impl();
-  const Specialization t = impl.tuned(spec(rt, kGather, 0, 0, static_cast<int64_t>(c.format), 256), c.rows_cap);
+  // No search space (nothing to tune yet): the heuristic config, without a tuning-table lookup.
+  const Specialization t = spec(rt, kGather, 0, 0, static_cast<int64_t>(c.format), 256);
   const int threads = t.config[C_THREADS];
   Fp4MoeGatherArgs a{c.hidden, static_cast<const unsigned char*>(c.hidden_scale),
                      c.row_scale != nullptr ? c.per_token_scale : nullptr, c.permuted_idx_to_token,
@@ -184,7 +185,7 @@ void fp4_moe_finalize(Runtime& rt, const Fp4MoeFinalizeCall& c, Stream stream) {
   auto& impl = rt.impl();
   const int64_t vecs = c.hidden_out / 8;
   const int threads = static_cast<int>(std::clamp<int64_t>((vecs + 31) / 32 * 32, 32, 256));
-  const Specialization t = impl.tuned(spec(rt, kFinalize, 0, c.top_k, 0, threads), c.tokens);
+  const Specialization t = spec(rt, kFinalize, 0, c.top_k, 0, threads);
   Fp4MoeFinalizeArgs a{c.y, c.expanded_idx_to_permuted_idx, static_cast<const unsigned short*>(c.weights), c.out,
                        static_cast<long long>(c.tokens), static_cast<long long>(c.y_ld),
                        static_cast<long long>(c.out_ld), static_cast<int>(c.hidden_out)};
