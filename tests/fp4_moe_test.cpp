@@ -184,6 +184,42 @@ TEST(Fp4MoeReference, FinalizeAndDequant) {
   EXPECT_EQ(ref::fp4_moe_dequant_hidden(ref::Fp4MoeHidden::mxfp8, 1, 32, {}, c8, s8)[31], 8.0f);
 }
 
+// The whole-layer reference on a hand-worked case: MXFP4 weights all 1.0 (code 2, scale byte 127), x all 1, H 32,
+// I 8, Identity: u = 32 a row, h = s_c·u, y = s_2·(8·h + b2); Swiglu on the same weights with α = 1, β = 0:
+// h = silu(32)·32; out = w·y (TopK routing: the weight is the winning logit itself).
+TEST(Fp4MoeReference, LayerHandWorked) {
+  ref::Fp4MoeLayerProblem p;
+  p.T = 1;
+  p.H = p.H_out = 32;
+  p.I = 8;
+  p.E = p.E_l = 4;
+  p.route.method = ref::Fp4MoeRouting::TopK;
+  p.route.top_k = 1;
+  p.logits = {0.5f, 2.0f, 1.0f, -1.0f};  // expert 1, weight 2
+  p.x.assign(32, 1.0f);
+  const std::vector<uint8_t> codes(4 * 16 * 16, 0x22), sc(4 * 16, 127);
+  p.activation = ref::Fp4MoeAct::Identity;
+  p.w1 = ref::fp4_moe_dequant_weights(true, 4, 8, 32, codes, sc);
+  p.w2 = ref::fp4_moe_dequant_weights(true, 4, 32, 8, codes, sc);
+  ASSERT_EQ(p.w1.size(), 4u * 8 * 32);
+  EXPECT_EQ(p.w1[100], 1.0f);
+  p.s_c.assign(4, 0.5f);
+  p.s_2.assign(4, 0.25f);
+  p.b2.assign(4 * 32, 1.0f);
+  auto r = ref::fp4_moe_layer(p);
+  EXPECT_EQ(r.route.ids, (std::vector<int32_t>{1}));
+  for (float v : r.out) EXPECT_EQ(v, 2.0f * 0.25f * (8 * 16 + 1));  // h = 16, y = 32.25, out = 64.5
+  // Swiglu: W1 rows 2I = 16; x0 = x1 = 32, h = 32·σ(32)·32 (in bf16), y = 8·h.
+  p.activation = ref::Fp4MoeAct::Swiglu;
+  p.w1 = ref::fp4_moe_dequant_weights(true, 4, 16, 32, codes, sc);
+  p.s_c.clear();
+  p.s_2.clear();
+  p.b2.clear();
+  r = ref::fp4_moe_layer(p);
+  const float h = bf16_to_float(float_to_bf16(static_cast<float>(32.0 * 32.0 / (1.0 + std::exp(-32.0)))));
+  for (float v : r.out) EXPECT_EQ(v, bf16_to_float(float_to_bf16(2.0f * bf16_to_float(float_to_bf16(8 * h)))));
+}
+
 // ---- argument errors ----------------------------------------------------------------------------------------------
 
 class Fp4MoeErrors : public ::testing::Test {
