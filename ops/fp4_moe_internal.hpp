@@ -52,4 +52,71 @@ struct Fp4MoeGemmCall {
 // elsewhere). Nothing on the host depends on the routing.
 void fp4_moe_gemm(Runtime& rt, const Fp4MoeGemmCall& call, Stream stream);
 
+// ---------------------------------------------------------------------------------------------------------------
+// The layer's own steps (ops/fp4_moe.cpp, templates/kiln/fp4_moe.cuh), also entry points for the tests and benches.
+// No validation beyond the launch shape: the public op validates. `pdl`: launched as a programmatic dependent of the
+// previous kernel on the stream (only where that kernel is kiln's own, runtime_impl.hpp LaunchDims::pdl).
+
+// Permutation metadata from topk_ids [T, K] (global ids; local = id − expert_offset in [0, experts)): rows ordered by
+// (local expert, token, k), each expert's segment padded up to token_tile; expert_offsets[experts] = total padded
+// rows ≤ rows_cap. Padding rows get token and k −1; rows past the total are not written. Deterministic, no host sync.
+struct Fp4MoePermuteCall {
+  const int32_t* topk_ids = nullptr;   // [T, K]
+  int64_t tokens = 0;
+  int top_k = 0;
+  int64_t experts = 0;                 // E_l
+  int64_t expert_offset = 0;
+  int token_tile = 0;
+  int32_t* expert_counts = nullptr;    // [E_l]
+  int32_t* expert_offsets = nullptr;   // [E_l + 1]
+  int32_t* expanded_idx_to_permuted_idx = nullptr;  // [T·K], −1 for a non-local expert
+  int32_t* permuted_idx_to_token = nullptr;         // [rows_cap]
+  int32_t* permuted_idx_to_k = nullptr;             // [rows_cap]
+  int32_t* chunk_counts = nullptr;     // [fp4_moe_permute_chunk_words(T, E_l)] scratch of the three-kernel path
+  int16_t* replay = nullptr;           // [≥ T, K] int16 global ids of the rows < T, or null
+  int path = -1;                       // −1: by T·K; 0: one CTA; 1: histogram / scan / scatter
+  bool pdl = false;
+};
+int64_t fp4_moe_permute_chunk_words(int64_t tokens, int64_t experts);
+void fp4_moe_permute(Runtime& rt, const Fp4MoePermuteCall& call, Stream stream);
+
+// Permuted bf16 activations [rows_cap, H] (row stride H) from the hidden states, and row_scale[r] =
+// per_token_scale[token] (0 on padding rows) when both are given. Padding rows become zeros; rows ≥
+// expert_offsets[experts] are not touched. H % 32 == 0.
+struct Fp4MoeGatherCall {
+  const void* hidden = nullptr;        // bf16 [T, H] | nvfp4 u8 [T, H/2] | mxfp8 / e4m3 [T, H]
+  const void* hidden_scale = nullptr;  // nvfp4 [T, H/16] E4M3 | mxfp8 [T, H/32] UE8M0 | null
+  Fp4MoeHiddenFormat format = Fp4MoeHiddenFormat::bf16;
+  int64_t hidden_size = 0;             // H
+  const float* per_token_scale = nullptr;
+  const int32_t* permuted_idx_to_token = nullptr;
+  const int32_t* expert_offsets = nullptr;
+  int64_t experts = 0;
+  int64_t rows_cap = 0;
+  void* act = nullptr;
+  float* row_scale = nullptr;
+  bool pdl = false;
+};
+void fp4_moe_gather(Runtime& rt, const Fp4MoeGatherCall& call, Stream stream);
+
+// out[t, :H_out] = bf16(Σ_k w[t,k]·y[expanded[t·K+k]]) over the slots with expanded ≥ 0, fixed k order, fp32. H_out % 8
+// == 0, strides multiples of 8 elements.
+struct Fp4MoeFinalizeCall {
+  const void* y = nullptr;             // bf16 [rows, y_ld]
+  int64_t y_ld = 0;
+  const int32_t* expanded_idx_to_permuted_idx = nullptr;
+  const void* weights = nullptr;       // bf16 [T, K]
+  int64_t tokens = 0;
+  int top_k = 0;
+  int64_t hidden_out = 0;
+  void* out = nullptr;                 // bf16 [T, out_ld]
+  int64_t out_ld = 0;
+  bool pdl = false;
+};
+void fp4_moe_finalize(Runtime& rt, const Fp4MoeFinalizeCall& call, Stream stream);
+
+// The token tile the layer asks the GEMM for (fp4_moe_gemm_token_tile with rows_cap = T·K, the routed rows), and the
+// permuted rows' bound T·K + E_l·(tile − 1) (0 for T = 0).
+int fp4_moe_layer_token_tile(Runtime& rt, int64_t T, int64_t top_k, int64_t local_experts);
+
 }  // namespace kiln::detail

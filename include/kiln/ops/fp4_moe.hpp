@@ -107,6 +107,10 @@ int64_t fp4_moe_max_padded_rows(Runtime& rt, int64_t T, int64_t top_k, int64_t l
 int64_t fp4_moe_workspace_bytes(Runtime& rt, int64_t T, int64_t H, int64_t I, const Fp4MoeOptions& opt,
                                 int64_t local_experts);
 
+// Formats: every weight (nvfp4, mxfp4) × hidden (bf16, nvfp4, mxfp8, e4m3) combination is accepted — more than
+// FlashInfer's §5.5 list — since the GEMM runs W4A16 on activations dequantized exactly to bf16 (block scales only; an
+// nvfp4 / e4m3 global or per-token factor goes through the §7 scalars or per_token_scale). H % 32 == 0, I % 8 == 0,
+// H_out % 8 == 0. T = 0 launches nothing. Typed errors name the argument (ops/fp4_moe.cpp).
 void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutputs& out, const Fp4MoeOptions& opt,
                          Stream stream, const TensorRef* workspace = nullptr);
 
