@@ -9,11 +9,6 @@
 
 namespace kiln::ref {
 
-double e2m1_value(uint8_t code) {
-  static const double mag[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
-  return (code & 8) ? -mag[code & 7] : mag[code & 7];
-}
-
 double fp4_scale_value(uint8_t byte, int format) {
   if (format == 0) return test::e4m3_to_float(byte);
   return byte == 255 ? std::numeric_limits<double>::quiet_NaN() : std::ldexp(1.0, static_cast<int>(byte) - 127);

@@ -6,10 +6,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "reference/fp4_quant.hpp"  // e2m1_value
+
 namespace kiln::ref {
 
-// E2M1 code (sign bit 3) → value: ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}.
-double e2m1_value(uint8_t code);
 // A block-scale byte → its factor: nvfp4 (format 0) the E4M3 value, mxfp4 (1) 2^(s − 127).
 double fp4_scale_value(uint8_t byte, int format);
 
