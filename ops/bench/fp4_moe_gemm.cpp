@@ -20,11 +20,11 @@ namespace {
 // E experts of `rows` weight rows × K, `routed` rows spread uniformly; act: the GEMM1 activation (gated: rows = 2I),
 // or gemm2 (plain, no activation).
 BenchInstance gemm_instance(Runtime& rt, int64_t E, int64_t rows, int64_t K, Fp4WeightFormat f, bool gemm1,
-                            Fp4MoeActivation act, int64_t routed) {
+                            Fp4MoeActivation act, int64_t routed, int tile_override = 0) {
   auto b = std::make_shared<DeviceBuffers>();
   const bool gated = gemm1 && (act == Fp4MoeActivation::Swiglu || act == Fp4MoeActivation::Geglu);
   const int64_t blk = f == Fp4WeightFormat::nvfp4 ? 16 : 32;
-  const int tile = fp4_moe_gemm_token_tile(rt, routed, E);
+  const int tile = tile_override > 0 ? tile_override : fp4_moe_gemm_token_tile(rt, routed, E);
   std::vector<int32_t> counts(E), offsets(E + 1, 0);
   for (int64_t e = 0; e < E; ++e) {
     counts[e] = static_cast<int32_t>(routed / E + (e < routed % E ? 1 : 0));
@@ -94,12 +94,13 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
 }  // namespace
 
 // The tuner's instance: `tokens` routed rows over 32 experts of 4096 × 7168 (DeepSeek-V3's EP slice shape) in the
-// specialization's format and activation (its token tile is the op's own choice for that count).
+// specialization's format and activation, at the specialization's token tile (the layer passes it to the GEMM, so
+// the op does not pick it from the count).
 BenchInstance fp4_moe_gemm_tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   const auto act = static_cast<Fp4MoeActivation>(s.params[2]);
   const bool gated = act == Fp4MoeActivation::Swiglu || act == Fp4MoeActivation::Geglu;
   return gemm_instance(rt, 32, gated ? 4096 : 2048, 7168, static_cast<Fp4WeightFormat>(s.params[1]), true, act,
-                       std::max<int64_t>(tokens, 1));
+                       std::max<int64_t>(tokens, 1), static_cast<int>(s.params[0]));
 }
 
 }  // namespace kiln::detail

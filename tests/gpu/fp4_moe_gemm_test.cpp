@@ -188,6 +188,20 @@ class Fp4MoeGemmGpu : public GpuTest {
   }
 };
 
+// The smallest case (one expert, one 128 × 128 tile, the plain epilogue): where to look first if anything fails.
+TEST_F(Fp4MoeGemmGpu, SmallestPlainTile) {
+  for (int format : {0, 1}) {
+    GemmCase c;
+    c.format = format;
+    c.gemm1 = false;
+    c.rows = 128;
+    c.K = 128;
+    c.counts = {16};
+    c.tile = 16;
+    run(c);
+  }
+}
+
 TEST_F(Fp4MoeGemmGpu, Nvfp4SwigluGemm1) {
   run({});
   GemmCase c;
