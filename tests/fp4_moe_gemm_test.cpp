@@ -100,6 +100,35 @@ TEST(Fp4MoeGemmReference, GemmEpiloguesByHand) {
   EXPECT_EQ(o2[0], bf16_to_float(float_to_bf16(static_cast<float>(h))));
 }
 
+// The kernel's dequantization, bf16 arithmetic emulated (each product of two bf16 values is exact in double, then
+// rounded once to bf16), exhaustively: the bit trick's pair is e2m1·2^−126 (code 1 a bf16 subnormal); NVFP4: sf·2^106
+// is an exact bf16 for every E4M3 byte and t·(sf·2^106) = e2m1·sf·2^−20 exactly; MXFP4: (t·2^126)·2^(s−127) =
+// e2m1·2^(s−127) exactly for every scale byte 1 … 252 (253, 254 overflow bf16 at code 6 — no real checkpoint).
+TEST(Fp4MoeGemmDequant, EveryCodeTimesEveryScaleIsExact) {
+  auto bf16_mul = [](double a, double b) { return static_cast<double>(bf16_to_float(float_to_bf16(static_cast<float>(a * b)))); };
+  for (uint32_t code = 0; code < 16; ++code) {
+    const uint32_t q = code << 12, t = (q & 0x80008000u) | ((q >> 6) & 0x01C001C0u);
+    const double tv = bf16_bits_value(t & 0xFFFF), e2m1 = ref::e2m1_value(static_cast<uint8_t>(code));
+    ASSERT_EQ(tv, std::ldexp(e2m1, -126)) << code;
+    for (int b = 0; b < 256; ++b) {
+      if (e4m3_is_nan(static_cast<uint8_t>(b))) continue;
+      const double sf = e4m3_to_float(static_cast<uint8_t>(b));
+      const float up = static_cast<float>(sf) * 8.1129638414606682e31f;
+      const double sup = bf16_to_float(float_to_bf16(up));
+      ASSERT_EQ(sup, std::ldexp(sf, 106)) << "E4M3 byte " << b;
+      ASSERT_EQ(bf16_mul(tv, sup), std::ldexp(e2m1 * sf, -20)) << "code " << code << " E4M3 byte " << b;
+    }
+    const double e = bf16_mul(tv, std::ldexp(1.0, 126));
+    ASSERT_EQ(e, e2m1) << code;
+    for (int s = 1; s <= 252; ++s) {
+      const double sc = bf16_bits_value(static_cast<uint32_t>(s) << 7);
+      ASSERT_EQ(sc, std::ldexp(1.0, s - 127));
+      ASSERT_EQ(bf16_mul(e, sc), std::ldexp(e2m1, s - 127)) << "code " << code << " UE8M0 " << s;
+    }
+  }
+  EXPECT_EQ(bf16_bits_value(0x40), std::ldexp(1.0, -127));  // the kernel's pair for UE8M0 byte 0
+}
+
 // ---- the packed layout, read back as the kernel reads it ----------------------------------------------------------
 
 // For every chunk, consumer thread, half tile, k16 step and A register: the word the thread's 16-byte load holds,

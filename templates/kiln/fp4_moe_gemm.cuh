@@ -14,8 +14,9 @@
 // Consumer, per K tile: its scale bytes (one 16- or 8-byte shared load) become bf16 pairs {sf, sf} per k16 step and
 // row half; per half tile one 16-byte shared load holds the codes of 4 k16 steps (32 values). FP4 → bf16: with the
 // nibble at bits 12–15 / 28–31, (q & 0x80008000) | ((q >> 6) & 0x01C001C0) is the bf16 pair e2m1·2^−126 (code 1 is a
-// bf16 subnormal: bf16 arithmetic keeps subnormals), × 2^126 gives e2m1 exactly, × the block scale the weight exactly
-// (every E2M1 × E4M3 product fits bf16's 8 significant bits; MXFP4's 2^(s−127) is a power of two). Each half tile is
+// bf16 subnormal: bf16 arithmetic keeps subnormals). MXFP4: × 2^126 gives e2m1 exactly, × 2^(s−127) the weight
+// exactly. NVFP4: one multiply by sf·2^106 gives the weight × 2^−20 exactly (every E2M1 × E4M3 product fits bf16's 8
+// significant bits, and stays normal there); the epilogue folds 2^20 into row_scale. Each half tile is
 // one batch of 4 wgmma m64nNk16 on its own register set (A registers are read asynchronously: two sets alternate,
 // wgmma.wait_group 1 after each batch); the stage is released once the batch after its last one has been waited for.
 //
@@ -84,12 +85,20 @@ __device__ __forceinline__ u32 e2m1_pair(u32 q, int j) {
 }
 constexpr u32 kTwo126 = 0x7E807E80u;  // bf16 pair {2^126, 2^126}
 
-// Two E4M3 bytes (low: row r, high: row r + 8) → bf16 pairs {sf_r, sf_r} and {sf_r8, sf_r8} (exact: E4M3 ⊂ bf16).
+// NVFP4 weights carry 2^−20 (the epilogue multiplies the accumulator back by 2^20): t · (sf·2^106) is then one
+// multiply, e2m1·sf·2^−20 ∈ [2^−30, 2^−8.6] stays a normal bf16, exact (≤ 6 significant bits; checked exhaustively
+// on the CPU), and sf·2^106 ≤ 448·2^106 < 2^115 fits.
+constexpr float kNvfp4ScaleUp = 8.1129638414606682e31f;  // 2^106
+constexpr float kNvfp4AccUp = 1048576.0f;                 // 2^20
+// Two E4M3 bytes (low: row r, high: row r + 8) → bf16 pairs {sf_r, sf_r}·2^106 and {sf_r8, sf_r8}·2^106 (exact:
+// E4M3 values have 4 significant bits).
 __device__ __forceinline__ void e4m3x2_pairs(u32 two, u32& p0, u32& p1) {
   u32 h2;
   asm("{\n.reg .b16 t;\ncvt.u16.u32 t, %1;\ncvt.rn.f16x2.e4m3x2 %0, t;\n}" : "=r"(h2) : "r"(two & 0xFFFFu));
   float f0, f1;
   asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.f32.f16 %0, l;\ncvt.f32.f16 %1, h;\n}" : "=f"(f0), "=f"(f1) : "r"(h2));
+  f0 *= kNvfp4ScaleUp;
+  f1 *= kNvfp4ScaleUp;
   p0 = cvt_bf16x2(f0, f0);
   p1 = cvt_bf16x2(f1, f1);
 }
@@ -206,7 +215,11 @@ __global__ void __launch_bounds__(384, 1) fp4_moe_gemm_kernel(const __grid_const
         for (int m = 0; m < 4; ++m)
 #pragma unroll
           for (int j = 0; j < 4; ++j)
-            A[h][m][j] = f4g::mul_bf16x2(f4g::mul_bf16x2(f4g::e2m1_pair(q.w[m], j), f4g::kTwo126), sp[4 * h + m][j & 1]);
+            if constexpr (FMT == 0)  // e2m1·2^−126 · sf·2^106
+              A[h][m][j] = f4g::mul_bf16x2(f4g::e2m1_pair(q.w[m], j), sp[4 * h + m][j & 1]);
+            else  // e2m1·2^−126 · 2^126 · 2^(s−127)
+              A[h][m][j] =
+                  f4g::mul_bf16x2(f4g::mul_bf16x2(f4g::e2m1_pair(q.w[m], j), f4g::kTwo126), sp[4 * h + m][j & 1]);
         wgmma::fence_regs(acc);
         wgmma::wgmma_fence();  // the A registers just written → the wgmmas reading them
 #pragma unroll
@@ -230,13 +243,14 @@ __global__ void __launch_bounds__(384, 1) fp4_moe_gemm_kernel(const __grid_const
     const float sa_e = a.scale_a != nullptr ? a.scale_a[e] : 1.0f, sb_e = a.scale_b != nullptr ? a.scale_b[e] : 1.0f;
     const u32 buf = stg + wm * STG;
     const float* bias = a.bias != nullptr ? a.bias + static_cast<i64>(e) * a.bias_ld : nullptr;
-    float rs[N / 4];  // row_scale of the thread's tokens 8·q + 2·(lane & 3) + b, at index 2q + b
+    float rs[N / 4];  // row_scale (× 2^20 for nvfp4) of the thread's tokens 8·q + 2·(lane & 3) + b, at index 2q + b
 #pragma unroll
     for (int q = 0; q < N / 8; ++q)
 #pragma unroll
       for (int b = 0; b < 2; ++b) {
         const int col = 8 * q + 2 * (lane & 3) + b;
-        rs[2 * q + b] = a.row_scale != nullptr && col < valid ? a.row_scale[m0 + col] : 1.0f;
+        rs[2 * q + b] = (a.row_scale != nullptr && col < valid ? a.row_scale[m0 + col] : 1.0f) *
+                        (FMT == 0 ? f4g::kNvfp4AccUp : 1.0f);
       }
     if constexpr (!GATED) {
 #pragma unroll
