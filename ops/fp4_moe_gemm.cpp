@@ -32,6 +32,7 @@ enum { C_STAGES };
 
 constexpr int kMaxStages = 8;
 constexpr int kSmemLimit = 227 * 1024;
+constexpr int kTwoCtaSmemLimit = 228 * 1024 / 2 - 1024;  // two CTAs an SM
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/fp4_moe_gemm.cuh\"\n";
@@ -65,10 +66,12 @@ FamilyDef g_family{"fp4_moe_gemm", {"gemm", "prepack"}, {"N", "format", "act"}, 
 
 }  // namespace
 
-// The deepest ring (≤ 8 stages) that fits: N = 128: 4 stages, N = 64: 8, N ≤ 32: 8.
+// The deepest ring (≤ 8 stages) that fits: N = 128: 4 stages (5 gated), N = 64: 8; N ≤ 32 (the kernel's two CTAs an
+// SM): within half an SM's 228 KiB less the 1 KiB the driver reserves a CTA, N = 32: 6, N = 16: 8.
 int detail::fp4_moe_gemm_default_stages(int token_tile, bool gated) {
+  const int limit = token_tile <= 32 ? kTwoCtaSmemLimit : kSmemLimit;
   int st = kMaxStages;
-  while (st > 2 && gemm_smem(token_tile, gated, st) > kSmemLimit) --st;
+  while (st > 2 && gemm_smem(token_tile, gated, st) > limit) --st;
   return st;
 }
 

@@ -123,12 +123,14 @@ __device__ __forceinline__ float plain_act(float v) {
 
 }  // namespace f4g
 
-// Grid (ceil(rows_cap / N), packed rows / 128), 384 threads, dynamic shared memory 1 KiB alignment slack + STAGES ×
+// Grid (ceil(rows_cap / N), packed rows / 128), 384 threads (N ≤ 32: two CTAs an SM, so that the few-token grids of
+// decode fill the GPU in one wave; larger N: one, with the registers moved to the consumers), dynamic shared memory
+// 1 KiB alignment slack + STAGES ×
 // (2·N·128 activation bytes + the chunk rounded up to 1 KiB) + two staging buffers N × (2·OC + 16) bytes + 2·STAGES
 // mbarriers (OC = 32 gated, else 64). FMT 0 nvfp4, 1 mxfp4; ACT: 3 Swiglu, 4 Geglu (gated), 6 Relu2, 7 Identity (also
 // GEMM2's plain epilogue).
 template <int N, int FMT, int ACT, int STAGES>
-__global__ void __launch_bounds__(384, 1) fp4_moe_gemm_kernel(const __grid_constant__ Fp4MoeGemmArgs a) {
+__global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(const __grid_constant__ Fp4MoeGemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(N == 16 || N == 32 || N == 64 || N == 128, "token tile: 16, 32, 64 or 128");
   static_assert(FMT == 0 || FMT == 1, "nvfp4 (0) or mxfp4 (1)");
@@ -159,7 +161,7 @@ __global__ void __launch_bounds__(384, 1) fp4_moe_gemm_kernel(const __grid_const
   __syncthreads();
 
   if (wg == 0) {  // producer
-    setmaxnreg_dec<40>();
+    if constexpr (N > 32) setmaxnreg_dec<40>();  // N ≤ 32: two CTAs an SM (≤ 85 registers a thread)
     if (tid == 0) {
       prefetch_tmap(&a.tma);
       const unsigned char* src = a.w + static_cast<i64>(e) * a.expert_bytes + static_cast<i64>(rb) * KT * CHUNK;
@@ -178,7 +180,7 @@ __global__ void __launch_bounds__(384, 1) fp4_moe_gemm_kernel(const __grid_const
       }
     }
   } else {  // consumers
-    setmaxnreg_inc<232>();
+    if constexpr (N > 32) setmaxnreg_inc<232>();
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     float acc[N / 2];  // the first wgmma overwrites it (scale-d 0: zero-filled registers would serialize the wgmmas)
     const u32 code_off = 16u * (256 * wm + 32 * warp + lane);
