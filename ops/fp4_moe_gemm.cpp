@@ -34,8 +34,22 @@ constexpr int kMaxStages = 8;
 constexpr int kSmemLimit = 227 * 1024;
 constexpr int kTwoCtaSmemLimit = 228 * 1024 / 2 - 1024;  // two CTAs an SM
 
-void render(const Specialization& s, std::string& source, std::string& name) {
+// A GEMM specialization with no token tile (the all-zero parameters of a family-level compile, compile_test's
+// FamiliesOutsideModelsCompile: no model config names an FP4 MoE, so the family enumerates nothing) stands for the
+// 64-token nvfp4 Identity kernel at its default ring.
+Specialization normalized(const Specialization& in) {
+  Specialization s = in;
+  if (s.kernel == kGemm && s.params[P_N] == 0) {
+    s.params[P_N] = 64;
+    s.params[P_ACT] = static_cast<int64_t>(Fp4MoeActivation::Identity);
+    s.config[C_STAGES] = fp4_moe_gemm_default_stages(64, false);
+  }
+  return s;
+}
+
+void render(const Specialization& in, std::string& source, std::string& name) {
   source = "#include \"kiln/fp4_moe_gemm.cuh\"\n";
+  const Specialization s = normalized(in);
   const auto& p = s.params;
   if (s.kernel == kPrepack)
     name = fmt::format("kiln::fp4_moe_prepack_kernel<{}, {}>", p[P_FMT], p[P_ACT]);
@@ -53,16 +67,18 @@ int gemm_smem(int N, bool gated, int stages) {
   return 1024 + stages * (2 * N * 128 + chunk) + 2 * N * (2 * oc + 16) + 16 * stages;
 }
 
-int smem_bytes(const Specialization& s) {
-  if (s.kernel == kPrepack) return 0;
+int smem_bytes(const Specialization& in) {
+  if (in.kernel == kPrepack) return 0;
+  const Specialization s = normalized(in);
   return gemm_smem(static_cast<int>(s.params[P_N]), gated_act(s.params[P_ACT]), s.config[C_STAGES]);
 }
 
-void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
+// No enumerate: a model config does not say that its MoE runs FP4 weights (nor their format or activation), so
+// `kiln prewarm --model` compiles none of this family.
 FamilyDef g_family{"fp4_moe_gemm", {"gemm", "prepack"}, {"N", "format", "act"}, {"stages"}, render, smem_bytes,
-                   enumerate,      search_space,        fp4_moe_gemm_tune_instance};
+                   nullptr,        search_space,        fp4_moe_gemm_tune_instance};
 
 }  // namespace
 
@@ -114,10 +130,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (st < def.config[C_STAGES] && smem_bytes(s) <= kSmemLimit) out.push_back(s);
   }
 }
-
-// Nothing a ModelConfig names: the FP4 MoE's specializations follow the checkpoint's weight format and the layer's
-// activation, which the model config does not carry.
-void enumerate(const ModelConfig&, Arch, std::vector<Specialization>&) {}
 
 const char* format_name(Fp4WeightFormat f) { return f == Fp4WeightFormat::nvfp4 ? "nvfp4" : "mxfp4"; }
 
