@@ -102,8 +102,9 @@ TEST(Fp4MoeGemmReference, GemmEpiloguesByHand) {
 
 // The kernel's dequantization, bf16 arithmetic emulated (each product of two bf16 values is exact in double, then
 // rounded once to bf16), exhaustively: the bit trick's pair is e2m1·2^−126 (code 1 a bf16 subnormal); NVFP4: sf·2^106
-// is an exact bf16 for every E4M3 byte and t·(sf·2^106) = e2m1·sf·2^−20 exactly; MXFP4: (t·2^126)·2^(s−127) =
-// e2m1·2^(s−127) exactly for every scale byte 1 … 252 (253, 254 overflow bf16 at code 6 — no real checkpoint).
+// is an exact bf16 for every E4M3 byte and t·(sf·2^106) = e2m1·sf·2^−20 exactly; MXFP4: t·2^(s−1) = e2m1·2^(s−127)
+// for every byte 0 … 127 (the folded path), (t·2^126)·2^(s−127) for every byte 1 … 252 (253, 254 overflow bf16 at
+// code 6 — no real checkpoint).
 TEST(Fp4MoeGemmDequant, EveryCodeTimesEveryScaleIsExact) {
   auto bf16_mul = [](double a, double b) { return static_cast<double>(bf16_to_float(float_to_bf16(static_cast<float>(a * b)))); };
   for (uint32_t code = 0; code < 16; ++code) {
@@ -120,6 +121,11 @@ TEST(Fp4MoeGemmDequant, EveryCodeTimesEveryScaleIsExact) {
     }
     const double e = bf16_mul(tv, std::ldexp(1.0, 126));
     ASSERT_EQ(e, e2m1) << code;
+    for (int s = 0; s <= 127; ++s) {  // the folded path: one multiply by 2^(s − 1) (bits (s + 126) << 7)
+      const double f = bf16_bits_value(static_cast<uint32_t>(s + 126) << 7);
+      ASSERT_EQ(f, std::ldexp(1.0, s - 1));
+      ASSERT_EQ(bf16_mul(tv, f), std::ldexp(e2m1, s - 127)) << "folded: code " << code << " UE8M0 " << s;
+    }
     for (int s = 1; s <= 252; ++s) {
       const double sc = bf16_bits_value(static_cast<uint32_t>(s) << 7);
       ASSERT_EQ(sc, std::ldexp(1.0, s - 127));

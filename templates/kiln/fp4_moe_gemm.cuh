@@ -14,8 +14,8 @@
 // Consumer, per K tile: its scale bytes (one 16- or 8-byte shared load) become bf16 pairs {sf, sf} per k16 step and
 // row half; per half tile one 16-byte shared load holds the codes of 4 k16 steps (32 values). FP4 → bf16: with the
 // nibble at bits 12–15 / 28–31, (q & 0x80008000) | ((q >> 6) & 0x01C001C0) is the bf16 pair e2m1·2^−126 (code 1 is a
-// bf16 subnormal: bf16 arithmetic keeps subnormals). MXFP4: × 2^126 gives e2m1 exactly, × 2^(s−127) the weight
-// exactly. NVFP4: one multiply by sf·2^106 gives the weight × 2^−20 exactly (every E2M1 × E4M3 product fits bf16's 8
+// bf16 subnormal: bf16 arithmetic keeps subnormals). MXFP4: × 2^(s−1) gives the weight exactly in one multiply when
+// every scale byte of the warp's K tile is ≤ 127 (a warp vote; real checkpoints), else × 2^126 then × 2^(s−127). NVFP4: one multiply by sf·2^106 gives the weight × 2^−20 exactly (every E2M1 × E4M3 product fits bf16's 8
 // significant bits, and stays normal there); the epilogue folds 2^20 into row_scale. Each half tile is
 // one batch of 4 wgmma m64nNk16 on its own register set (A registers are read asynchronously: two sets alternate,
 // wgmma.wait_group 1 after each batch); the stage is released once the batch after its last one has been waited for.
@@ -102,10 +102,19 @@ __device__ __forceinline__ void e4m3x2_pairs(u32 two, u32& p0, u32& p1) {
   p0 = cvt_bf16x2(f0, f0);
   p1 = cvt_bf16x2(f1, f1);
 }
-// A UE8M0 byte → bf16 pair {2^(s−127), 2^(s−127)} (s = 0: the subnormal 2^−127; s = 255: inf).
-__device__ __forceinline__ u32 ue8m0_pair(u32 s) {
-  const u32 v = s != 0 ? s << 7 : 0x40u;
+// A UE8M0 byte → bf16 pair {2^(s−127), 2^(s−127)} (s = 0: the subnormal 2^−127; s = 255: inf), or with `fold`
+// (s ≤ 127) {2^(s−1), 2^(s−1)} = 2^126 · 2^(s−127): then one multiply of the bit trick's e2m1·2^−126 gives the weight.
+__device__ __forceinline__ u32 ue8m0_pair(u32 s, bool fold) {
+  const u32 v = fold ? (s + 126u) << 7 : s != 0 ? s << 7 : 0x40u;
   return v | (v << 16);
+}
+// Whether `pred` holds in every lane of the warp.
+__device__ __forceinline__ bool warp_all(bool pred) {
+  u32 r;
+  asm volatile("{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nvote.sync.all.pred q, p, 0xffffffff;\nselp.u32 %0, 1, 0, q;\n}"
+               : "=r"(r)
+               : "r"(static_cast<u32>(pred)));
+  return r != 0;
 }
 
 __device__ __forceinline__ float sigmoid(float z) { return rcp_ftz(1.0f + ex2_ftz(z * -1.4426950408889634f)); }
@@ -192,6 +201,7 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
       mbar_wait(bars + 8 * rp.s, rp.phase);
       const u32 sa = base + rp.s * STAGE, sw = sa + 2 * ACT_BOX;
       u32 sp[8][2];  // [k16 step][row half]: {sf, sf}
+      bool fold = true;  // MXFP4: every scale byte of the warp's tile ≤ 127 (real checkpoints): one multiply
       if constexpr (FMT == 0) {
         const Vec16 v = lds16(sw + sc_off);
 #pragma unroll
@@ -202,26 +212,32 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
       } else {
         u32 w0, w1;
         asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(w0), "=r"(w1) : "r"(sw + sc_off));
+        fold = f4g::warp_all(((w0 | w1) & 0x80808080u) == 0u);
 #pragma unroll
         for (int b = 0; b < 4; ++b)
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh) {
             const u32 byte = ((b < 2 ? w0 : w1) >> (8 * (2 * (b & 1) + hh))) & 0xFFu;
-            sp[2 * b][hh] = sp[2 * b + 1][hh] = f4g::ue8m0_pair(byte);
+            sp[2 * b][hh] = sp[2 * b + 1][hh] = f4g::ue8m0_pair(byte, fold);
           }
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const Vec16 q = lds16(sw + code_off + 2048u * h);
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+        if (FMT == 0 || fold) {  // NVFP4: e2m1·2^−126 · sf·2^106; MXFP4 folded: e2m1·2^−126 · 2^(s−1)
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if constexpr (FMT == 0)  // e2m1·2^−126 · sf·2^106
-              A[h][m][j] = f4g::mul_bf16x2(f4g::e2m1_pair(q.w[m], j), sp[4 * h + m][j & 1]);
-            else  // e2m1·2^−126 · 2^126 · 2^(s−127)
+          for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) A[h][m][j] = f4g::mul_bf16x2(f4g::e2m1_pair(q.w[m], j), sp[4 * h + m][j & 1]);
+        } else {  // e2m1·2^−126 · 2^126 · 2^(s−127)
+#pragma unroll
+          for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
               A[h][m][j] =
                   f4g::mul_bf16x2(f4g::mul_bf16x2(f4g::e2m1_pair(q.w[m], j), f4g::kTwo126), sp[4 * h + m][j & 1]);
+        }
         wgmma::fence_regs(acc);
         wgmma::wgmma_fence();  // the A registers just written → the wgmmas reading them
 #pragma unroll

@@ -1,7 +1,7 @@
 // tests/gpu/fp4_moe_gemm_test.cpp — the FP4 MoE's grouped GEMM (W4A16) and the weights' prepack on the GPU against
 // tests/reference/fp4_moe_gemm.*: the GPU prepack bit for bit against the CPU layout, then the GEMM against the double
 // reference rounded to bf16 (spec §10.4: rel-L2 ≤ 4e-3, per element |d| ≤ 2^−7·|ref| + 2^−8·rms(ref)) for nvfp4 and
-// mxfp4; gated Swiglu (plain and with α/β/limit), Geglu, Relu2 and Identity GEMM1 epilogues, GEMM2 with bias and
+// mxfp4 (scale bytes ≤ 127: one multiply, and larger: two); gated Swiglu (plain and with α/β/limit), Geglu, Relu2 and Identity GEMM1 epilogues, GEMM2 with bias and
 // scale_a; row_scale, bias, scale_a, scale_b; experts with 0 rows, 1 row, counts not a multiple of the tile, all rows
 // in one expert; every token tile; K and rows from 128 to 2048 and unaligned to the 128 tiles; rows_cap = 0. Padding
 // rows of the activations hold NaN (never read into a written value) and out's rows outside the segments keep their
@@ -30,6 +30,7 @@ struct GemmCase {
   std::vector<int32_t> counts = {3, 0, 1, 70};
   int tile = 0;  // 0: fp4_moe_gemm_token_tile's choice
   bool row_scale = false, bias = false, scale_a = false, scale_b = false, swiglu_params = false;
+  bool mx_big_scales = false;  // MXFP4 scale bytes up to 131 (the kernel's two-multiply path) instead of ≤ 127
   uint64_t seed = 1;
 };
 
@@ -43,6 +44,7 @@ std::string describe(const GemmCase& c) {
   if (c.scale_a) s += " scale_a";
   if (c.scale_b) s += " scale_b";
   if (c.swiglu_params) s += " alpha/beta/limit";
+  if (c.mx_big_scales) s += " mx_big_scales";
   return s;
 }
 
@@ -59,7 +61,8 @@ class Fp4MoeGemmGpu : public GpuTest {
     for (int32_t n : c.counts) routed += n;
     const int tile = c.tile > 0 ? c.tile : detail::fp4_moe_gemm_token_tile(r, routed, E);
 
-    // Weights: every code; scales around 1 (nvfp4 E4M3 0.125 … 2 with some subnormal bytes, mxfp4 2^−3 … 2^3).
+    // Weights: every code; scales around 1 (nvfp4 E4M3 0.125 … 2 with some subnormal bytes; mxfp4 2^−8 … 2^0, or
+    // 2^−3 … 2^4 with mx_big_scales).
     const uint64_t seed = mix_seed({c.seed, uint64_t(R), uint64_t(K), uint64_t(c.format), uint64_t(E)});
     std::vector<uint8_t> codes(E * R * K / 2), sc(E * R * K / B);
     uint64_t s = seed | 1;
@@ -67,7 +70,7 @@ class Fp4MoeGemmGpu : public GpuTest {
     for (auto& b : codes) b = static_cast<uint8_t>(next());
     for (size_t i = 0; i < sc.size(); ++i)
       sc[i] = c.format == 0 ? static_cast<uint8_t>(i % 61 == 0 ? 1 + next() % 7 : 0x20 + next() % 33)
-                            : static_cast<uint8_t>(124 + next() % 7);
+                            : static_cast<uint8_t>(c.mx_big_scales ? 124 + next() % 8 : 119 + next() % 9);
     const std::vector<double> w = ref::fp4_dequant(codes, sc, E, R, K, c.format);
 
     // Prepack on the GPU, bit for bit against the CPU layout.
@@ -232,6 +235,8 @@ TEST_F(Fp4MoeGemmGpu, Mxfp4SwigluAndGeglu) {
   c.act = Fp4MoeActivation::Geglu;
   c.bias = c.scale_a = c.scale_b = c.row_scale = true;
   run(c);
+  c.mx_big_scales = true;
+  run(c);
 }
 
 TEST_F(Fp4MoeGemmGpu, NonGatedRelu2AndIdentity) {
@@ -246,6 +251,7 @@ TEST_F(Fp4MoeGemmGpu, NonGatedRelu2AndIdentity) {
     run(c);
     c.act = Fp4MoeActivation::Identity;
     c.row_scale = true;
+    c.mx_big_scales = format == 1;
     run(c);
   }
 }
@@ -260,6 +266,10 @@ TEST_F(Fp4MoeGemmGpu, Gemm2PlainWithBiasAndScaleA) {
     c.counts = {1, 0, 65, 12};
     c.bias = c.scale_a = true;
     run(c);
+    if (format == 1) {
+      c.mx_big_scales = true;
+      run(c);
+    }
   }
 }
 
