@@ -14,9 +14,10 @@
 // Consumer, per K tile: its scale bytes (one 16- or 8-byte shared load) become bf16 pairs {sf, sf} per k16 step and
 // row half; per half tile one 16-byte shared load holds the codes of 4 k16 steps (32 values). FP4 → bf16: with the
 // nibble at bits 12–15 / 28–31, (q & 0x80008000) | ((q >> 6) & 0x01C001C0) is the bf16 pair e2m1·2^−126 (code 1 is a
-// bf16 subnormal: bf16 arithmetic keeps subnormals). MXFP4: × 2^(s−1) gives the weight exactly in one multiply when
-// every scale byte of the warp's K tile is ≤ 127 (a warp vote; real checkpoints), else × 2^126 then × 2^(s−127). NVFP4: one multiply by sf·2^106 gives the weight × 2^−20 exactly (every E2M1 × E4M3 product fits bf16's 8
-// significant bits, and stays normal there); the epilogue folds 2^20 into row_scale. Each half tile is
+// bf16 subnormal: bf16 arithmetic keeps subnormals). MXFP4: × 2^(s−1) gives the weight exactly in one multiply
+// when every scale byte of the warp's K tile is ≤ 127 (a warp vote; real checkpoints), else × 2^126, × 2^(s−127).
+// NVFP4: one multiply by sf·2^106 gives the weight × 2^−20 exactly (every E2M1 × E4M3 product fits bf16's 8
+// significant bits and stays normal there); the epilogue folds 2^20 into row_scale. Each half tile is
 // one batch of 4 wgmma m64nNk16 on its own register set (A registers are read asynchronously: two sets alternate,
 // wgmma.wait_group 1 after each batch); the stage is released once the batch after its last one has been waited for.
 //
@@ -134,9 +135,8 @@ __device__ __forceinline__ float plain_act(float v) {
 
 // Grid (ceil(rows_cap / N), packed rows / 128), 384 threads (N ≤ 32: two CTAs an SM, so that the few-token grids of
 // decode fill the GPU in one wave; larger N: one, with the registers moved to the consumers), dynamic shared memory
-// 1 KiB alignment slack + STAGES ×
-// (2·N·128 activation bytes + the chunk rounded up to 1 KiB) + two staging buffers N × (2·OC + 16) bytes + 2·STAGES
-// mbarriers (OC = 32 gated, else 64). FMT 0 nvfp4, 1 mxfp4; ACT: 3 Swiglu, 4 Geglu (gated), 6 Relu2, 7 Identity (also
+// 1 KiB alignment slack + STAGES × (2·N·128 activation bytes + the chunk rounded up to 1 KiB) + two staging buffers
+// N × (2·OC + 16) bytes + 2·STAGES mbarriers (OC = 32 gated, else 64). FMT 0 nvfp4, 1 mxfp4; ACT: 3 Swiglu, 4 Geglu (gated), 6 Relu2, 7 Identity (also
 // GEMM2's plain epilogue).
 template <int N, int FMT, int ACT, int STAGES>
 __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(const __grid_constant__ Fp4MoeGemmArgs a) {
