@@ -224,7 +224,6 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const Vec16 q = lds16(sw + code_off + 2048u * h);
-#pragma unroll
         if (FMT == 0 || fold) {  // NVFP4: e2m1·2^−126 · sf·2^106; MXFP4 folded: e2m1·2^−126 · 2^(s−1)
 #pragma unroll
           for (int m = 0; m < 4; ++m)
