@@ -31,6 +31,7 @@ struct GemmCase {
   int tile = 0;  // 0: fp4_moe_gemm_token_tile's choice
   bool row_scale = false, bias = false, scale_a = false, scale_b = false, swiglu_params = false;
   bool mx_big_scales = false;  // MXFP4 scale bytes up to 131 (the kernel's two-multiply path) instead of ≤ 127
+  bool one_hot = false;        // act row r = e_(r mod K): out[r, j] is the weight W[e][j, r mod K] itself
   uint64_t seed = 1;
 };
 
@@ -45,6 +46,7 @@ std::string describe(const GemmCase& c) {
   if (c.scale_b) s += " scale_b";
   if (c.swiglu_params) s += " alpha/beta/limit";
   if (c.mx_big_scales) s += " mx_big_scales";
+  if (c.one_hot) s += " one_hot";
   return s;
 }
 
@@ -100,6 +102,9 @@ class Fp4MoeGemmGpu : public GpuTest {
     for (int64_t e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + (c.counts[e] + tile - 1) / tile * tile;
     p.rows_cap = p.offsets[E] + tile;  // one spare tile past the last segment (its CTAs exit)
     std::vector<float> act = random_values(p.rows_cap * K, seed + 1, DType::bf16, static_cast<float>(1.0 / std::sqrt(K)));
+    if (c.one_hot)
+      for (int64_t rr = 0; rr < p.rows_cap; ++rr)
+        for (int64_t k = 0; k < K; ++k) act[rr * K + k] = k == rr % K ? 1.0f : 0.0f;
     std::vector<bool> in_seg(p.rows_cap, false);
     for (int64_t e = 0; e < E; ++e)
       for (int32_t i = 0; i < c.counts[e]; ++i) in_seg[p.offsets[e] + i] = true;
@@ -201,6 +206,22 @@ TEST_F(Fp4MoeGemmGpu, SmallestPlainTile) {
     c.K = 128;
     c.counts = {16};
     c.tile = 16;
+    run(c);
+  }
+}
+
+// One-hot activations: every output is one dequantized weight, bit for bit (a layout or fragment error shows as a
+// permutation: the failure names the row r, so the expected weight is W[e][col, r mod K]).
+TEST_F(Fp4MoeGemmGpu, OneHotActivationsReadBackTheWeights) {
+  for (int format : {0, 1}) {
+    GemmCase c;
+    c.format = format;
+    c.gemm1 = false;
+    c.rows = 256;
+    c.K = 256;
+    c.counts = {256, 0, 100};
+    c.tile = 64;
+    c.one_hot = true;
     run(c);
   }
 }
