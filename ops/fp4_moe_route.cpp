@@ -24,18 +24,20 @@ enum { C_WARPS };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/fp4_moe_route.cuh\"\n";
+  // Zeros (a default Specialization: the compile test of families no model enumerates) stand for E 128, K 4, 4 warps.
   name = fmt::format("kiln::fp4_moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", cxx_type(s.params[P_DTYPE]),
-                     s.params[P_METHOD], s.params[P_E], s.params[P_K], s.params[P_G], s.params[P_TG],
-                     s.params[P_BIAS] ? "true" : "false", s.config[C_WARPS]);
+                     s.params[P_METHOD], s.params[P_E] > 0 ? s.params[P_E] : 128, s.params[P_K] > 0 ? s.params[P_K] : 4,
+                     s.params[P_G], s.params[P_TG], s.params[P_BIAS] ? "true" : "false",
+                     s.config[C_WARPS] > 0 ? s.config[C_WARPS] : 4);
 }
 
 int smem_bytes(const Specialization&) { return 0; }
 
-void enumerate(const ModelConfig&, Arch, std::vector<Specialization>&) {}  // no preset uses this MoE yet
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
+// No enumerate: no model config names FP4 weights, so `kiln prewarm --model` has nothing of this family to compile.
 FamilyDef g_family{"fp4_moe_route", {"route"}, {"dtype", "method", "E", "K", "n_group", "topk_group", "bias"},
-                   {"warps"}, render, smem_bytes, enumerate, search_space, fp4_moe_route_tune_instance};
+                   {"warps"}, render, smem_bytes, nullptr, search_space, fp4_moe_route_tune_instance};
 
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   out.push_back(base);
