@@ -444,6 +444,7 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
     g1.expert_offsets = offsets;
     g1.expert_counts = counts;
     g1.rows_cap = rows_cap;
+    g1.tiles_cap = T * K;
     g1.token_tile = tile;
     g1.row_scale = row_scale;
     g1.bias = f32(in.gemm1_bias);
@@ -465,6 +466,7 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
     g2.expert_offsets = offsets;
     g2.expert_counts = counts;
     g2.rows_cap = rows_cap;
+    g2.tiles_cap = T * K;
     g2.token_tile = tile;
     g2.bias = f32(in.gemm2_bias);
     g2.scale_a = f32(in.output2_scale_scalar);

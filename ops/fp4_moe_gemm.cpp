@@ -311,7 +311,8 @@ void fp4_moe_gemm(Runtime& rt, const Fp4MoeGemmCall& c, Stream stream) {
   a.bias_ld = static_cast<int>(w.rows);
   a.half_rows = static_cast<int>(w.rows / 2);
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((c.rows_cap + N - 1) / N);
+  const int64_t tiles = (c.rows_cap + N - 1) / N;
+  d.grid[0] = static_cast<unsigned>(c.tiles_cap > 0 ? std::min(tiles, c.tiles_cap) : tiles);
   d.grid[1] = static_cast<unsigned>(rbs);
   d.block[0] = 384;
   d.smem = static_cast<unsigned>(smem_bytes(s));

@@ -35,6 +35,9 @@ struct Fp4MoeGemmCall {
   const int32_t* expert_counts = nullptr;  // device [E_l]
   int64_t rows_cap = 0;                    // host bound on expert_offsets[E_l] (grid sizing, no host sync)
   int token_tile = 0;                      // fp4_moe_gemm_token_tile(rt, rows_cap, w.experts)
+  int64_t tiles_cap = 0;                   // host bound on the token tiles holding rows (0: ceil(rows_cap / tile));
+                                           // every tile of a padded segment holds ≥ 1 real row, so the routed rows
+                                           // (T·K) bound it: at decode the grid is T·K tiles, not rows_cap / tile
   const float* row_scale = nullptr;        // [rows_cap] (per_token_scale gathered to permuted rows)
   const float* bias = nullptr;             // [E_l, w.rows] accumulator units, canonical row order
   const float* scale_a = nullptr;          // [E_l]

@@ -48,6 +48,7 @@ BenchInstance gemm_instance(Runtime& rt, int64_t E, int64_t rows, int64_t K, Fp4
   c.expert_offsets = static_cast<const int32_t*>(b->upload(offsets.data(), offsets.size() * 4));
   c.expert_counts = static_cast<const int32_t*>(b->upload(counts.data(), counts.size() * 4));
   c.rows_cap = rows_cap;
+  c.tiles_cap = routed;
   c.token_tile = tile;
   c.gemm1 = gemm1;
   c.activation = act;

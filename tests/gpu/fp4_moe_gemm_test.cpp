@@ -150,6 +150,8 @@ class Fp4MoeGemmGpu : public GpuTest {
     call.expert_counts = static_cast<const int32_t*>(cntb.data());
     call.rows_cap = p.rows_cap;
     call.token_tile = tile;
+    // The routed rows bound the tiles holding rows (the layer passes T·K): the grid stops there.
+    for (int32_t n : p.counts) call.tiles_cap += n;
     call.row_scale = dev(p.row_scale);
     call.bias = dev(p.bias);
     call.scale_a = dev(p.scale_a);

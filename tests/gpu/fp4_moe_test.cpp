@@ -607,7 +607,7 @@ void Fp4MoeLayerGpu::run(const LayerCase& c) {
   const int64_t rows_cap = fp4_moe_max_padded_rows(r, T, K, El);
   DeviceBuffer outb(r, std::max<int64_t>(T * H_out * 2, 1)), g2b(r, std::max<int64_t>(rows_cap * H * 2, 1)),
       ewb(r, std::max<int64_t>(T * K * 2, 1)), exb(r, std::max<int64_t>(T * K * 4, 1));
-  outb.poison();
+  for (DeviceBuffer* b : {&outb, &g2b, &ewb, &exb}) b->poison();
   const TensorRef out_t = outb.ref(DType::bf16, {T, H_out}), g2_t = g2b.ref(DType::bf16, {rows_cap, H}),
                   ew_t = ewb.ref(DType::bf16, {T, K}), ex_t = exb.ref(DType::i32, {T * K});
   Fp4MoeOutputs out;
