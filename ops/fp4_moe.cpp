@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,28 +47,46 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 
 int smem_bytes(const Specialization&) { return 0; }  // static shared memory only (≤ 22 KB at E_l = 512)
 
-// No enumerate (no preset uses this MoE yet: a family outside the models), no search space, no tune instance.
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 
+// No search space, no tune instance: one config a kernel.
 FamilyDef g_family{"fp4_moe",
                    {"meta_small", "meta_hist", "meta_scan", "meta_scatter", "gather", "finalize"},
                    {"E_l", "K", "format"},
                    {"threads"},
                    render,
                    smem_bytes,
-                   nullptr,
+                   enumerate,
                    nullptr,
                    nullptr};
 
-Specialization spec(Runtime& rt, uint32_t kernel, int64_t el, int64_t k, int64_t fmt, int threads) {
+Specialization spec(Arch arch, uint32_t kernel, int64_t el, int64_t k, int64_t fmt, int threads) {
   Specialization s;
   s.family = &g_family;
-  s.arch = rt.impl().target_arch();
+  s.arch = arch;
   s.kernel = kernel;
   s.params[P_EL] = el;
   s.params[P_K] = k;
   s.params[P_FMT] = fmt;
   s.config[C_THREADS] = threads;
   return s;
+}
+
+// The finalize kernel's threads for rows of h_out columns: a thread a 16-byte piece, 32 … 256.
+int finalize_threads(int64_t h_out) { return static_cast<int>(std::clamp<int64_t>((h_out / 8 + 31) / 32 * 32, 32, 256)); }
+
+// What the op launches for a model's FP4 MoE (the same spec() calls as the entry points below; the gather's threads
+// are the entry point's fixed 256, the finalize's those of H_out = H).
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const std::optional<Fp4MoeModel> f = fp4_moe_of(m);
+  if (!f) return;
+  const int64_t el = f->local_experts, k = f->routing.top_k;
+  out.push_back(spec(arch, kMetaSmall, el, k, 0, 0));
+  out.push_back(spec(arch, kMetaHist, el, k, 0, 0));
+  out.push_back(spec(arch, kMetaScan, el, 0, 0, 0));
+  out.push_back(spec(arch, kMetaScatter, el, k, 0, 0));
+  out.push_back(spec(arch, kGather, 0, 0, static_cast<int64_t>(f->hidden), 256));
+  out.push_back(spec(arch, kFinalize, 0, k, 0, finalize_threads(f->hidden_size)));
 }
 
 size_t up256(size_t b) { return (b + 255) / 256 * 256; }
@@ -145,25 +164,25 @@ void fp4_moe_permute(Runtime& rt, const Fp4MoePermuteCall& c, Stream stream) {
   d.pdl = c.pdl;
   d.block[0] = static_cast<unsigned>(kChunk);
   if (small) {
-    impl.launch(spec(rt, kMetaSmall, c.experts, c.top_k, 0, 0), d, stream, a);
+    impl.launch(spec(rt.impl().target_arch(), kMetaSmall, c.experts, c.top_k, 0, 0), d, stream, a);
     return;
   }
   const int64_t chunks = (c.tokens + kChunk - 1) / kChunk;
   d.grid[0] = static_cast<unsigned>(chunks);
-  impl.launch(spec(rt, kMetaHist, c.experts, c.top_k, 0, 0), d, stream, a);
+  impl.launch(spec(rt.impl().target_arch(), kMetaHist, c.experts, c.top_k, 0, 0), d, stream, a);
   LaunchDims s;
   s.pdl = true;
   s.block[0] = 1024;
-  impl.launch(spec(rt, kMetaScan, c.experts, 0, 0, 0), s, stream, a);
+  impl.launch(spec(rt.impl().target_arch(), kMetaScan, c.experts, 0, 0, 0), s, stream, a);
   d.pdl = true;
-  impl.launch(spec(rt, kMetaScatter, c.experts, c.top_k, 0, 0), d, stream, a);
+  impl.launch(spec(rt.impl().target_arch(), kMetaScatter, c.experts, c.top_k, 0, 0), d, stream, a);
 }
 
 void fp4_moe_gather(Runtime& rt, const Fp4MoeGatherCall& c, Stream stream) {
   if (c.rows_cap <= 0) return;
   auto& impl = rt.impl();
   // No search space (nothing to tune yet): the heuristic config, without a tuning-table lookup.
-  const Specialization t = spec(rt, kGather, 0, 0, static_cast<int64_t>(c.format), 256);
+  const Specialization t = spec(rt.impl().target_arch(), kGather, 0, 0, static_cast<int64_t>(c.format), 256);
   const int threads = t.config[C_THREADS];
   Fp4MoeGatherArgs a{c.hidden, static_cast<const unsigned char*>(c.hidden_scale),
                      c.row_scale != nullptr ? c.per_token_scale : nullptr, c.permuted_idx_to_token,
@@ -183,9 +202,8 @@ void fp4_moe_gather(Runtime& rt, const Fp4MoeGatherCall& c, Stream stream) {
 void fp4_moe_finalize(Runtime& rt, const Fp4MoeFinalizeCall& c, Stream stream) {
   if (c.tokens <= 0) return;
   auto& impl = rt.impl();
-  const int64_t vecs = c.hidden_out / 8;
-  const int threads = static_cast<int>(std::clamp<int64_t>((vecs + 31) / 32 * 32, 32, 256));
-  const Specialization t = spec(rt, kFinalize, 0, c.top_k, 0, threads);
+  const int threads = finalize_threads(c.hidden_out);
+  const Specialization t = spec(rt.impl().target_arch(), kFinalize, 0, c.top_k, 0, threads);
   Fp4MoeFinalizeArgs a{c.y, c.expanded_idx_to_permuted_idx, static_cast<const unsigned short*>(c.weights), c.out,
                        static_cast<long long>(c.tokens), static_cast<long long>(c.y_ld),
                        static_cast<long long>(c.out_ld), static_cast<int>(c.hidden_out)};
@@ -495,4 +513,52 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
   else with_scratch(rt, &owner, lay.total, stream, body);
 }
 
+namespace detail {
+
+std::optional<Fp4MoeModel> fp4_moe_of(const ModelConfig& m) {
+  if (m.fp4_moe.empty()) return std::nullopt;
+  using M = Fp4MoeRoutingMethod;
+  Fp4MoeModel f;
+  f.weights = m.fp4_moe == "mxfp4" ? Fp4WeightFormat::mxfp4 : Fp4WeightFormat::nvfp4;
+  const std::string& h = m.fp4_moe_hidden;
+  f.hidden = h == "nvfp4" ? Fp4MoeHiddenFormat::nvfp4 : h == "mxfp8" ? Fp4MoeHiddenFormat::mxfp8
+             : h == "e4m3"  ? Fp4MoeHiddenFormat::e4m3
+                            : Fp4MoeHiddenFormat::bf16;
+  const std::string& a = m.fp4_moe_activation;
+  f.activation = a == "geglu" ? Fp4MoeActivation::Geglu : a == "relu2" ? Fp4MoeActivation::Relu2
+                 : a == "identity" ? Fp4MoeActivation::Identity
+                                   : Fp4MoeActivation::Swiglu;
+  M method;
+  if (m.fp4_moe_routing >= 0) {
+    method = static_cast<M>(m.fp4_moe_routing);
+  } else if (m.scoring_func == "sigmoid") {
+    method = m.n_group > 1 || m.expert_bias ? M::DeepSeekV3 : m.norm_topk_prob ? M::SigmoidRenorm : M::Sigmoid;
+  } else {
+    method = m.norm_topk_prob ? M::Renormalize : M::Default;
+  }
+  f.routing.method = method;
+  f.routing.top_k = m.num_experts_per_tok;
+  f.routing.routed_scaling_factor = static_cast<float>(m.routed_scaling_factor);
+  f.routing.norm_topk_prob = m.norm_topk_prob;
+  if (method == M::DeepSeekV3 && m.n_group > 1) {
+    f.routing.n_group = m.n_group;
+    f.routing.topk_group = m.topk_group;
+  }
+  f.routing_bias = m.expert_bias && (method == M::DeepSeekV3 || method == M::MiniMax2);
+  f.experts = m.num_experts;
+  f.local_experts = m.fp4_moe_local_experts > 0 ? m.fp4_moe_local_experts : m.num_experts;
+  f.hidden_size = m.hidden_size;
+  f.intermediate = m.moe_intermediate_size;
+  // The op's constraints (fp4_moe_route, fp4_block_scale_moe): skip what it would refuse.
+  const int64_t E = f.experts, K = f.routing.top_k;
+  if (E % 4 != 0 || E > 512 || K < 1 || K > 32 || K >= E || f.local_experts > 512) return std::nullopt;
+  if (method == M::Llama4 && K != 1) return std::nullopt;
+  if (method == M::DeepSeekV3 && K > 22) return std::nullopt;
+  if (f.routing.n_group > 1 && (f.routing.n_group > 8 || E / f.routing.n_group > 32 || f.routing.topk_group > 4))
+    return std::nullopt;
+  if (f.hidden_size % 32 != 0 || f.intermediate <= 0 || f.intermediate % 32 != 0) return std::nullopt;
+  return f;
+}
+
+}  // namespace detail
 }  // namespace kiln

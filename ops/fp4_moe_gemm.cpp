@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,8 +78,10 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 
 // No enumerate: a model config does not say that its MoE runs FP4 weights (nor their format or activation), so
 // `kiln prewarm --model` compiles none of this family.
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+
 FamilyDef g_family{"fp4_moe_gemm", {"gemm", "prepack"}, {"N", "format", "act"}, {"stages"}, render, smem_bytes,
-                   nullptr,        search_space,        fp4_moe_gemm_tune_instance};
+                   enumerate,      search_space,        fp4_moe_gemm_tune_instance};
 
 }  // namespace
 
@@ -113,6 +116,20 @@ Specialization prepack_spec(Arch arch, Fp4WeightFormat f, bool gated) {
   s.params[P_FMT] = static_cast<int64_t>(f);
   s.params[P_ACT] = gated ? 1 : 0;
   return s;
+}
+
+// A model's FP4 MoE: both GEMMs at every token tile the layer may pick (it picks by T·K / E_l at run time) and the
+// two prepacks (W1 gated or not, W2 plain).
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const std::optional<Fp4MoeModel> f = fp4_moe_of(m);
+  if (!f) return;
+  const int64_t act = static_cast<int64_t>(f->activation);
+  for (int N : {16, 32, 64, 128}) {
+    out.push_back(gemm_spec(arch, N, f->weights, act));
+    out.push_back(gemm_spec(arch, N, f->weights, static_cast<int64_t>(Fp4MoeActivation::Identity)));
+  }
+  out.push_back(prepack_spec(arch, f->weights, gated_act(act)));
+  out.push_back(prepack_spec(arch, f->weights, false));
 }
 
 // The default plus shallower rings (4 … the default, and 3), all within 227 KiB.

@@ -2,7 +2,9 @@
 // other steps (ops/fp4_moe.cpp: permutation, activation gather, finalize, the public op). Spec: fp4-moe.md §7, §12.
 #pragma once
 #include <cstdint>
+#include <optional>
 
+#include "kiln/model.hpp"
 #include "kiln/ops/fp4_moe.hpp"
 
 namespace kiln::detail {
@@ -50,6 +52,20 @@ struct Fp4MoeGemmCall {
   void* out = nullptr;                     // bf16 [rows_cap, w.gated ? w.rows / 2 : w.rows], row stride out_ld
   int64_t out_ld = 0;
 };
+
+// A model config's FP4 MoE as the layer's kernels are specialized for it (prewarm: the three families' enumerate):
+// nullopt when ModelConfig::fp4_moe is empty or a shape is one the op refuses. Routing method −1 is derived:
+// sigmoid with groups or an expert bias → DeepSeekV3, else SigmoidRenorm (norm_topk_prob) / Sigmoid; softmax →
+// Renormalize (norm_topk_prob) / Default.
+struct Fp4MoeModel {
+  Fp4WeightFormat weights = Fp4WeightFormat::nvfp4;
+  Fp4MoeHiddenFormat hidden = Fp4MoeHiddenFormat::bf16;
+  Fp4MoeActivation activation = Fp4MoeActivation::Swiglu;
+  Fp4MoeRouteOptions routing;
+  bool routing_bias = false;  // the selection bias (DeepSeekV3, MiniMax2 with expert_bias)
+  int64_t experts = 0, local_experts = 0, hidden_size = 0, intermediate = 0;
+};
+std::optional<Fp4MoeModel> fp4_moe_of(const ModelConfig& m);
 
 // Validates the call (typed errors naming the field) and launches the GEMM on `stream` (sm_90a; DeviceError
 // elsewhere). Nothing on the host depends on the routing.

@@ -1,11 +1,13 @@
 // Host recipe: the FP4 MoE's routing (templates/kiln/fp4_moe_route.cuh). Spec: fp4-moe.md §3, §12.2.
 #include <fmt/format.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "kiln/fp4_moe_route_args.h"
 #include "kiln/ops/fp4_moe.hpp"
+#include "ops/fp4_moe_internal.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -34,10 +36,33 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int smem_bytes(const Specialization&) { return 0; }
 
 void search_space(const Specialization& s, std::vector<Specialization>& out);
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 
-// No enumerate: no model config names FP4 weights, so `kiln prewarm --model` has nothing of this family to compile.
 FamilyDef g_family{"fp4_moe_route", {"route"}, {"dtype", "method", "E", "K", "n_group", "topk_group", "bias"},
-                   {"warps"}, render, smem_bytes, nullptr, search_space, fp4_moe_route_tune_instance};
+                   {"warps"}, render, smem_bytes, enumerate, search_space, fp4_moe_route_tune_instance};
+
+Specialization route_spec(Arch arch, DType logits, int method, int64_t E, int K, int groups, int topk_groups,
+                          bool bias) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = 0;
+  s.params = {static_cast<int64_t>(logits), method, E, K, groups, topk_groups, bias ? 1 : 0};
+  s.config = {4};
+  return s;
+}
+
+// A model's FP4 MoE (ModelConfig::fp4_moe): its routing for fp32 and bf16 logits (both occur: DeepSeek-V3's router
+// writes fp32, gpt-oss's bf16).
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const std::optional<Fp4MoeModel> f = fp4_moe_of(m);
+  if (!f) return;
+  const Fp4MoeRouteOptions& o = f->routing;
+  const bool grouped = o.method == Fp4MoeRoutingMethod::DeepSeekV3 && o.n_group > 1;
+  for (DType t : {DType::f32, DType::bf16})
+    out.push_back(route_spec(arch, t, static_cast<int>(o.method), f->experts, o.top_k, grouped ? o.n_group : 0,
+                             grouped ? o.topk_group : 0, f->routing_bias));
+}
 
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   out.push_back(base);
@@ -86,14 +111,9 @@ void fp4_moe_route(Runtime& rt, const TensorRef& logits, const TensorRef* bias, 
   if (T > 0) ck.pointer("logits", logits, static_cast<int>(dtype_size(logits.dtype)));
   if (T == 0) return;
   auto& impl = rt.impl();
-  Specialization s;
-  s.family = &g_family;
-  s.arch = impl.target_arch();
-  s.kernel = 0;
-  s.params = {static_cast<int64_t>(logits.dtype), m, E, K, grouped ? o.n_group : 0, grouped ? o.topk_group : 0,
-              bias != nullptr ? 1 : 0};
-  s.config = {4};
-  const Specialization t = impl.tuned(s, T);
+  const Specialization t = impl.tuned(route_spec(impl.target_arch(), logits.dtype, m, E, K, grouped ? o.n_group : 0,
+                                                 grouped ? o.topk_group : 0, bias != nullptr),
+                                      T);
   const int warps = t.config[C_WARPS];
   Fp4MoeRouteArgs a{logits.data, bias != nullptr ? bias->data : nullptr, static_cast<int*>(topk_ids.data),
                     static_cast<unsigned short*>(topk_weights.data), static_cast<long long>(T),

@@ -36,6 +36,7 @@ constexpr const char* kKilnKeys[] = {
     "name", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
     "moe_intermediate_size", "num_experts", "num_experts_per_tok", "num_shared_experts", "vocab_size",
     "rms_norm_eps", "scoring_func", "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "expert_bias",
+    "fp4_moe", "fp4_moe_hidden", "fp4_moe_activation", "fp4_moe_routing", "fp4_moe_local_experts",
 };
 
 [[noreturn]] void fail(const std::string& origin, const std::string& message) {
@@ -118,6 +119,7 @@ void reject_unknown_kiln_keys(const json& doc, const std::string& origin) {
 }
 
 void validate_routing(const ModelConfig& m, const std::string& origin);
+void validate_fp4_moe(const ModelConfig& m, const std::string& origin);
 
 // Relations between fields that every later enumeration relies on.
 void validate(const ModelConfig& m, const std::string& origin) {
@@ -129,6 +131,7 @@ void validate(const ModelConfig& m, const std::string& origin) {
     fail(origin, fmt::format("num_experts_per_tok ({}) must be between 1 and num_experts ({})", m.num_experts_per_tok,
                              m.num_experts));
   validate_routing(m, origin);
+  validate_fp4_moe(m, origin);
 }
 
 void validate_routing(const ModelConfig& m, const std::string& origin) {
@@ -139,6 +142,32 @@ void validate_routing(const ModelConfig& m, const std::string& origin) {
   if (m.num_experts > 0 && m.num_experts_per_tok > m.topk_group * (m.num_experts / m.n_group))
     fail(origin, fmt::format("num_experts_per_tok ({}) exceeds the experts of topk_group ({}) groups of {}",
                              m.num_experts_per_tok, m.topk_group, m.num_experts / m.n_group));
+}
+
+bool one_of(const std::string& v, std::initializer_list<const char*> allowed) {
+  for (const char* a : allowed)
+    if (v == a) return true;
+  return false;
+}
+
+void validate_fp4_moe(const ModelConfig& m, const std::string& origin) {
+  if (!one_of(m.fp4_moe, {"", "nvfp4", "mxfp4"}))
+    fail(origin, fmt::format("field 'fp4_moe': expected \"nvfp4\" or \"mxfp4\", got \"{}\"", m.fp4_moe));
+  if (!one_of(m.fp4_moe_hidden, {"bf16", "nvfp4", "mxfp8", "e4m3"}))
+    fail(origin, fmt::format("field 'fp4_moe_hidden': expected \"bf16\", \"nvfp4\", \"mxfp8\" or \"e4m3\", got \"{}\"",
+                             m.fp4_moe_hidden));
+  if (!one_of(m.fp4_moe_activation, {"swiglu", "geglu", "relu2", "identity"}))
+    fail(origin, fmt::format("field 'fp4_moe_activation': expected \"swiglu\", \"geglu\", \"relu2\" or \"identity\", "
+                             "got \"{}\"",
+                             m.fp4_moe_activation));
+  if (m.fp4_moe_routing < -1 || m.fp4_moe_routing > 8)
+    fail(origin, fmt::format("field 'fp4_moe_routing': expected a routing method 0 … 8 (or −1), got {}",
+                             m.fp4_moe_routing));
+  if (m.fp4_moe_local_experts < 0 || m.fp4_moe_local_experts > m.num_experts)
+    fail(origin, fmt::format("field 'fp4_moe_local_experts': expected 0 … num_experts ({}), got {}", m.num_experts,
+                             m.fp4_moe_local_experts));
+  if (!m.fp4_moe.empty() && m.num_experts <= 0)
+    fail(origin, "field 'fp4_moe': an FP4 MoE needs num_experts > 0");
 }
 
 std::string join(const std::vector<std::string>& items) {
@@ -211,7 +240,7 @@ ModelConfig parse_model_json(const std::string& text, const std::string& origin)
 
   m.intermediate_size = r.integer({"intermediate_size"}).value_or(0);
   m.num_experts = r.integer({"num_experts", "n_routed_experts", "num_local_experts"}).value_or(0);
-  m.num_experts_per_tok = r.integer({"num_experts_per_tok"}).value_or(0);
+  m.num_experts_per_tok = r.integer({"num_experts_per_tok", "experts_per_token"}).value_or(0);
   m.num_shared_experts = r.integer({"num_shared_experts", "n_shared_experts"}).value_or(0);
   // Mixtral-style configs size each expert with intermediate_size and have no moe_intermediate_size.
   std::optional<int> moe_intermediate = r.integer({"moe_intermediate_size"});
@@ -239,6 +268,25 @@ ModelConfig parse_model_json(const std::string& text, const std::string& origin)
     const std::optional<std::string> method = r.string("topk_method");
     m.expert_bias = (method && *method == "noaux_tc") || r.boolean("moe_router_enable_expert_bias").value_or(false) ||
                     doc.contains("e_score_correction_bias");
+  }
+
+  // FP4 MoE inference.
+  if (kiln_format) {
+    m.fp4_moe = r.string("fp4_moe").value_or("");
+    m.fp4_moe_hidden = r.string("fp4_moe_hidden").value_or("bf16");
+    m.fp4_moe_activation = r.string("fp4_moe_activation").value_or("swiglu");
+    m.fp4_moe_routing = r.integer({"fp4_moe_routing"}).value_or(-1);
+    m.fp4_moe_local_experts = r.integer({"fp4_moe_local_experts"}).value_or(0);
+  } else if (auto q = doc.find("quantization_config"); q != doc.end() && q->is_object()) {
+    auto str = [&](const char* k) -> std::string {
+      auto it = q->find(k);
+      return it != q->end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    if (str("quant_method") == "mxfp4") m.fp4_moe = "mxfp4";
+    if (str("quant_algo") == "NVFP4" || str("quant_method") == "nvfp4") m.fp4_moe = "nvfp4";
+    // gpt-oss routes by a softmax over the selected logits (method 1, Renormalize) and gates with SwiGLU.
+    const std::optional<std::string> type = r.string("model_type");
+    if (!m.fp4_moe.empty() && type && *type == "gpt_oss") m.fp4_moe_routing = 1;
   }
 
   validate(m, origin);

@@ -455,4 +455,42 @@ TEST_F(Fp4MoeErrors, OutputsReplayAndWorkspace) {
 }
 
 }  // namespace
+// A model config with an FP4 MoE: the three families enumerate the kernels the op launches (prewarm), specialized to
+// its shapes; derived routing for DeepSeek-V3-style configs; nothing without fp4_moe.
+TEST(Fp4MoeFamily, ModelConfigsEnumerateTheLayersKernels) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  const detail::Arch arch = detail::Arch::parse("sm_90a");
+  auto specs = [&](const ModelConfig& m, const char* family) {
+    std::vector<detail::Specialization> out;
+    registered_family(family).enumerate(m, arch, out);
+    return out;
+  };
+  ModelConfig g = load_model("gpt-oss-120b");
+  const auto route = specs(g, "fp4_moe_route");
+  ASSERT_EQ(route.size(), 2u);  // fp32 and bf16 logits
+  EXPECT_EQ(route[0].params[1], 1);    // Renormalize
+  EXPECT_EQ(route[0].params[2], 128);  // E
+  EXPECT_EQ(route[0].params[3], 4);    // K
+  const auto layer = specs(g, "fp4_moe");
+  ASSERT_EQ(layer.size(), 6u);
+  EXPECT_EQ(layer[0].params[0], 128);  // E_l
+  const auto gemm = specs(g, "fp4_moe_gemm");
+  EXPECT_EQ(gemm.size(), 10u);  // 4 token tiles × (GEMM1, GEMM2) + 2 prepacks
+  EXPECT_EQ(gemm[0].params[1], 1);  // mxfp4
+
+  ModelConfig d = load_model("deepseek-v3");
+  EXPECT_TRUE(specs(d, "fp4_moe_route").empty());
+  d.fp4_moe = "nvfp4";
+  d.fp4_moe_local_experts = 32;
+  const auto droute = specs(d, "fp4_moe_route");
+  ASSERT_EQ(droute.size(), 2u);
+  EXPECT_EQ(droute[0].params[1], 2);  // sigmoid + groups + expert bias → DeepSeekV3
+  EXPECT_EQ(droute[0].params[4], 8);
+  EXPECT_EQ(droute[0].params[5], 4);
+  EXPECT_EQ(droute[0].params[6], 1);  // the selection bias
+  EXPECT_EQ(specs(d, "fp4_moe")[0].params[0], 32);  // E_l from fp4_moe_local_experts
+  d.hidden_size = 7000;                              // not a multiple of 32: the op would refuse it
+  EXPECT_TRUE(specs(d, "fp4_moe_gemm").empty());
+}
+
 }  // namespace kiln::test

@@ -409,4 +409,53 @@ TEST(ModelErrors, KilnFormatNeedsANonEmptyName) {
   EXPECT_NE(msg.find("name"), std::string::npos) << msg;
 }
 
+// gpt-oss-120b: MXFP4 experts (fp4_block_scale_moe), routed by a softmax over the selected logits (method 1).
+TEST(ModelPresets, GptOss120bHasAnFp4Moe) {
+  expect_preset({"gpt-oss-120b", 2880, 64, 8, 64, 128, 4, 0, 2880, 2880, 201088});
+  const kiln::ModelConfig m = kiln::load_model("gpt-oss-120b");
+  EXPECT_EQ(m.fp4_moe, "mxfp4");
+  EXPECT_EQ(m.fp4_moe_hidden, "bf16");
+  EXPECT_EQ(m.fp4_moe_activation, "swiglu");
+  EXPECT_EQ(m.fp4_moe_routing, 1);
+  EXPECT_EQ(m.fp4_moe_local_experts, 0);
+  EXPECT_EQ(kiln::load_model("deepseek-v3").fp4_moe, "");  // a trained (bf16 / fp8) model has none
+}
+
+// Abridged from openai/gpt-oss-120b's config.json: num_local_experts, experts_per_token, quantization_config.
+TEST(ModelHuggingFace, GptOssMxfp4ConfigSetsTheFp4Moe) {
+  const kiln::ModelConfig m = kiln::parse_model_json(R"({
+    "model_type": "gpt_oss", "hidden_size": 2880, "num_attention_heads": 64, "num_key_value_heads": 8,
+    "head_dim": 64, "intermediate_size": 2880, "num_local_experts": 128, "experts_per_token": 4,
+    "vocab_size": 201088, "rms_norm_eps": 1e-05, "swiglu_limit": 7.0,
+    "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn"], "quant_method": "mxfp4"}
+  })", "config.json");
+  EXPECT_EQ(m.num_experts, 128);
+  EXPECT_EQ(m.num_experts_per_tok, 4);
+  EXPECT_EQ(m.moe_intermediate_size, 2880);
+  EXPECT_EQ(m.fp4_moe, "mxfp4");
+  EXPECT_EQ(m.fp4_moe_routing, 1);
+  const kiln::ModelConfig n = kiln::parse_model_json(R"({
+    "hidden_size": 7168, "num_attention_heads": 128, "vocab_size": 129280, "n_routed_experts": 256,
+    "num_experts_per_tok": 8, "moe_intermediate_size": 2048, "head_dim": 128,
+    "quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4"}
+  })", "config.json");
+  EXPECT_EQ(n.fp4_moe, "nvfp4");
+  EXPECT_EQ(n.fp4_moe_routing, -1);  // derived from the routing fields
+}
+
+TEST(ModelErrors, Fp4MoeFieldsNameTheField) {
+  auto cfg = [](const char* extra) {
+    return std::string(R"({"name": "t", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, )"
+                       R"("num_experts": 16, "num_experts_per_tok": 2, )") +
+           extra + "}";
+  };
+  rejected(cfg(R"("fp4_moe": "fp8")").c_str(), "fp4_moe");
+  rejected(cfg(R"("fp4_moe": "mxfp4", "fp4_moe_hidden": "fp16")").c_str(), "fp4_moe_hidden");
+  rejected(cfg(R"("fp4_moe": "mxfp4", "fp4_moe_activation": "gelu")").c_str(), "fp4_moe_activation");
+  rejected(cfg(R"("fp4_moe": "mxfp4", "fp4_moe_routing": 9)").c_str(), "fp4_moe_routing");
+  rejected(cfg(R"("fp4_moe": "mxfp4", "fp4_moe_local_experts": 17)").c_str(), "fp4_moe_local_experts");
+  rejected(R"({"name": "t", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "fp4_moe": "nvfp4"})",
+           "fp4_moe");
+}
+
 }  // namespace

@@ -27,9 +27,17 @@ struct ModelConfig {
   double routed_scaling_factor = 1.0;
   bool norm_topk_prob = false;           // renormalize the selected probabilities
   bool expert_bias = false;              // a selection-only expert bias (aux-loss-free balancing)
+  // FP4 block-scaled MoE inference (fp4_block_scale_moe, ../shared/spec/fp4-moe.md): set when the routed experts run
+  // on FP4 weights, so that prewarm compiles the layer's kernels. kiln preset keys of the same names; a Hugging Face
+  // config's quantization_config with quant_method "mxfp4" (gpt-oss) sets "mxfp4", quant_algo "NVFP4" sets "nvfp4".
+  std::string fp4_moe;                         // "" (not FP4), "nvfp4" or "mxfp4": the expert weights' format
+  std::string fp4_moe_hidden = "bf16";         // the hidden states' format: "bf16", "nvfp4", "mxfp8" or "e4m3"
+  std::string fp4_moe_activation = "swiglu";   // "swiglu", "geglu", "relu2" or "identity"
+  int fp4_moe_routing = -1;                    // fp4-moe.md §3 method 0 … 8; −1: from the routing fields above
+  int fp4_moe_local_experts = 0;               // experts a rank holds under expert parallelism (0: num_experts)
 };
 
-// Built-in presets: "ling-mini-2.0", "deepseek-v3", "qwen3-30b-a3b".
+// Built-in presets: "ling-mini-2.0", "deepseek-v3", "qwen3-30b-a3b", "gpt-oss-120b".
 std::vector<std::string> preset_names();
 // A preset by name, or a JSON file: kiln's own preset format or a Hugging Face config.json. Throws InvalidArgument.
 ModelConfig load_model(const std::string& preset_or_path);
