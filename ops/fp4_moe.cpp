@@ -119,18 +119,6 @@ Layout layout(int64_t T, int64_t K, int64_t H, int64_t I, int64_t El, int64_t ro
   return l;
 }
 
-template <typename F>
-void with_scratch(Runtime& rt, const void* owner, size_t bytes, Stream stream, F&& body) {
-  auto& impl = rt.impl();
-  const ScratchBuffer scratch = impl.scratch(owner, bytes, stream);
-  try {
-    body(scratch.ptr);
-  } catch (...) {
-    impl.release_scratch(scratch, stream);
-    throw;
-  }
-  impl.release_scratch(scratch, stream);
-}
 
 bool gated(Fp4MoeActivation a) { return a == Fp4MoeActivation::Swiglu || a == Fp4MoeActivation::Geglu; }
 
@@ -455,15 +443,17 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
     fp4_moe_gather(rt, gc, stream);
 
     auto f32 = [](const TensorRef* t) { return t != nullptr ? static_cast<const float*>(t->data) : nullptr; };
-    Fp4MoeGemmCall g1;
-    g1.w = w1;
-    g1.act = act_buf;
-    g1.act_ld = H;
+    Fp4MoeGemmCall g1;  // the segments and the grid's bounds, GEMM2's too
     g1.expert_offsets = offsets;
     g1.expert_counts = counts;
     g1.rows_cap = rows_cap;
     g1.tiles_cap = T * K;
     g1.token_tile = tile;
+    Fp4MoeGemmCall g2 = g1;
+
+    g1.w = w1;
+    g1.act = act_buf;
+    g1.act_ld = H;
     g1.row_scale = row_scale;
     g1.bias = f32(in.gemm1_bias);
     g1.scale_a = f32(in.output1_scale_gate_scalar);
@@ -477,19 +467,11 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
     g1.out_ld = I;
     fp4_moe_gemm(rt, g1, stream);
 
-    Fp4MoeGemmCall g2;
     g2.w = w2;
     g2.act = inter;
     g2.act_ld = I;
-    g2.expert_offsets = offsets;
-    g2.expert_counts = counts;
-    g2.rows_cap = rows_cap;
-    g2.tiles_cap = T * K;
-    g2.token_tile = tile;
     g2.bias = f32(in.gemm2_bias);
     g2.scale_a = f32(in.output2_scale_scalar);
-    g2.gemm1 = false;
-    g2.activation = act;
     g2.out = y;
     g2.out_ld = H;
     fp4_moe_gemm(rt, g2, stream);
@@ -510,7 +492,7 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
     }
   };
   if (workspace != nullptr) body(reinterpret_cast<CUdeviceptr>(workspace->data));
-  else with_scratch(rt, &owner, lay.total, stream, body);
+  else rt.impl().with_scratch(&owner, lay.total, stream, body);
 }
 
 namespace detail {

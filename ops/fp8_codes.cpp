@@ -107,20 +107,15 @@ void quantize_fp8(Runtime& rt, const TensorRef& x, const TensorRef& q, const Ten
   const int64_t work = (n / per_vec + n % per_vec + threads - 1) / threads;
   const int ctas = static_cast<int>(impl.persistent_grid(k, threads, 0, std::max<int64_t>(work, 1)));
   static const char owner = 0;
-  const ScratchBuffer scratch = impl.scratch(&owner, static_cast<size_t>(ctas) * 4, stream);
-  try {
+  impl.with_scratch(&owner, static_cast<size_t>(ctas) * 4, stream, [&](CUdeviceptr scratch) {
     Fp8QuantizeArgs a{x.data, static_cast<unsigned char*>(q.data), static_cast<float*>(scale.data),
-                      reinterpret_cast<float*>(scratch.ptr), static_cast<long long>(n)};
+                      reinterpret_cast<float*>(scratch), static_cast<long long>(n)};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(ctas);
     d.block[0] = static_cast<unsigned>(threads);
     d.cooperative = true;  // the grid barrier between max|x| and the codes
     impl.launch(k, d, stream, a);
-  } catch (...) {
-    impl.release_scratch(scratch, stream);
-    throw;
-  }
-  impl.release_scratch(scratch, stream);
+  });
 }
 
 void dequantize_fp8(Runtime& rt, const TensorRef& q, const TensorRef& scale, const TensorRef& out, Stream stream) {

@@ -297,22 +297,6 @@ void gemm_on_weight(Runtime& rt, const Check& ck, Arch arch, const TensorRef& a,
 
 // Runs `body` with a scratch buffer of `bytes` (released on the stream after it, also when it throws); with 0 bytes
 // (codes in, nothing to quantize) none is taken and body gets 0.
-template <typename F>
-void with_scratch(Runtime& rt, const void* owner, size_t bytes, Stream stream, F&& body) {
-  if (bytes == 0) {
-    body(CUdeviceptr{0});
-    return;
-  }
-  auto& impl = rt.impl();
-  const ScratchBuffer scratch = impl.scratch(owner, bytes, stream);
-  try {
-    body(scratch.ptr);
-  } catch (...) {
-    impl.release_scratch(scratch, stream);
-    throw;
-  }
-  impl.release_scratch(scratch, stream);
-}
 
 size_t a_scratch_bytes(const TensorRef& a, int64_t M, int64_t K) {
   return a.dtype == DType::u8 ? 0 : up16(static_cast<size_t>(M * K)) + 16;
@@ -350,7 +334,7 @@ void fp8_gemm_prepare_weight(Runtime& rt, const TensorRef& b, const TensorRef* b
   const Arch arch = hopper_target(rt, ck.op);
   static const char owner = 0;
   const size_t codes = b.dtype == DType::u8 ? 0 : up16(static_cast<size_t>(N * K));
-  with_scratch(rt, &owner, codes, stream, [&](CUdeviceptr scratch) {
+  rt.impl().with_scratch(&owner, codes, stream, [&](CUdeviceptr scratch) {
     prepare_into(rt, arch, b, b_scale, nk, N, K, reinterpret_cast<CUdeviceptr>(weight.data), scratch, stream);
   });
 }
@@ -373,7 +357,7 @@ void fp8_gemm(Runtime& rt, const TensorRef& a, const TensorRef* a_scale, const F
   if (M == 0) return;
   const Arch arch = hopper_target(rt, ck.op);
   static const char owner = 0;
-  with_scratch(rt, &owner, a_scratch_bytes(a, M, K), stream, [&](CUdeviceptr scratch) {
+  rt.impl().with_scratch(&owner, a_scratch_bytes(a, M, K), stream, [&](CUdeviceptr scratch) {
     gemm_on_weight(rt, ck, arch, a, a_scale, ar, N, K, reinterpret_cast<CUdeviceptr>(weight.data), bias, c, cr,
                    scratch, stream);
   });
@@ -399,7 +383,7 @@ void fp8_gemm(Runtime& rt, const TensorRef& a, const TensorRef& b, const TensorR
   // Scratch: the prepared weight | (b float) b's codes [K, N] | (a float) a's codes [M, K] + scale.
   const size_t w = weight_layout(N, K).total, bq = b.dtype == DType::u8 ? 0 : up16(static_cast<size_t>(K * N));
   static const char owner = 0;
-  with_scratch(rt, &owner, w + bq + a_scratch_bytes(a, M, K), stream, [&](CUdeviceptr base) {
+  rt.impl().with_scratch(&owner, w + bq + a_scratch_bytes(a, M, K), stream, [&](CUdeviceptr base) {
     prepare_into(rt, arch, b, b_scale, false, N, K, base, base + w, stream);
     gemm_on_weight(rt, ck, arch, a, a_scale, ar, N, K, base, nullptr, c, cr, base + w + bq, stream);
   });

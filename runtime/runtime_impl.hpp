@@ -215,6 +215,23 @@ struct Runtime::Impl {
   void release_scratch(const ScratchBuffer& b, Stream stream) {
     if (b.per_call) free_async(b.ptr, stream);
   }
+  // scratch(owner, bytes, stream) for the launches `body(ptr)` issues, released after them (also when they throw);
+  // `bytes` 0 takes none (ptr 0).
+  template <typename F>
+  void with_scratch(const void* owner, size_t bytes, Stream stream, F&& body) {
+    if (bytes == 0) {
+      body(CUdeviceptr{0});
+      return;
+    }
+    const ScratchBuffer b = scratch(owner, bytes, stream);
+    try {
+      body(b.ptr);
+    } catch (...) {
+      release_scratch(b, stream);
+      throw;
+    }
+    release_scratch(b, stream);
+  }
 
   // Stream-ordered scratch memory (cuMemAllocFromPoolAsync / cuMemFreeAsync) from kiln's own pool on the device,
   // created with the device (init_device: creating it under stream capture would invalidate the capture) with

@@ -74,11 +74,6 @@ template <> __device__ __forceinline__ void mma_ra<128>(float (&d)[64], const u3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
 }
 
-__device__ __forceinline__ u32 mul_bf16x2(u32 x, u32 y) {
-  u32 r;
-  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(x), "r"(y));
-  return r;
-}
 // The bf16 pair e2m1·2^−126 of the nibbles at bits 12–15 and 28–31 of q << 4j.
 __device__ __forceinline__ u32 e2m1_pair(u32 q, int j) {
   const u32 s = q << (4 * j);
@@ -228,14 +223,14 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
 #pragma unroll
           for (int m = 0; m < 4; ++m)
 #pragma unroll
-            for (int j = 0; j < 4; ++j) A[h][m][j] = f4g::mul_bf16x2(f4g::e2m1_pair(q.w[m], j), sp[4 * h + m][j & 1]);
+            for (int j = 0; j < 4; ++j) A[h][m][j] = mul_bf16x2(f4g::e2m1_pair(q.w[m], j), sp[4 * h + m][j & 1]);
         } else {  // e2m1·2^−126 · 2^126 · 2^(s−127)
 #pragma unroll
           for (int m = 0; m < 4; ++m)
 #pragma unroll
             for (int j = 0; j < 4; ++j)
               A[h][m][j] =
-                  f4g::mul_bf16x2(f4g::mul_bf16x2(f4g::e2m1_pair(q.w[m], j), f4g::kTwo126), sp[4 * h + m][j & 1]);
+                  mul_bf16x2(mul_bf16x2(f4g::e2m1_pair(q.w[m], j), f4g::kTwo126), sp[4 * h + m][j & 1]);
         }
         wgmma::fence_regs(acc);
         wgmma::wgmma_fence();  // the A registers just written → the wgmmas reading them

@@ -14,6 +14,7 @@
 #include "kiln/fp4_quant_args.h"
 #include "kiln/fp4_rules.h"
 #include "kiln/fp8.cuh"
+#include "kiln/ptx.cuh"
 
 namespace kiln {
 namespace f4q {
@@ -25,17 +26,6 @@ __device__ __forceinline__ u32 e2m1(float v) {
 
 template <typename T> constexpr bool kIsF16 = false;
 template <> constexpr bool kIsF16<f16> = true;
-
-__device__ __forceinline__ u32 max_u16x2(u32 a, u32 b) {
-  u32 d;
-  asm("max.u16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
-__device__ __forceinline__ u32 mul_bf16x2(u32 a, u32 b) {
-  u32 d;
-  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
-  return d;
-}
 
 // The value of an E4M3 byte ≤ 0x7E (non-negative).
 __device__ __forceinline__ float e4m3_value(u32 c) {
@@ -85,7 +75,7 @@ __global__ void __launch_bounds__(WARPS * 32) fp4_quantize_kernel(const __grid_c
       // two codes an operation (f4r::e2m1x2_bf16). Blocks with inf / NaN take the general path below.
       u32 amax2 = 0u;
 #pragma unroll
-      for (int i = 0; i < 16; ++i) amax2 = f4q::max_u16x2(amax2, raw[i] & 0x7fff7fffu);
+      for (int i = 0; i < 16; ++i) amax2 = max_u16x2(amax2, raw[i] & 0x7fff7fffu);
       const u32 abits = umax(amax2 & 0xffffu, amax2 >> 16);
       if (abits < 0x7f80u) {
         const u32 sb = f4q::mx_scale_byte<1>(__uint_as_float(abits << 16));
@@ -93,10 +83,10 @@ __global__ void __launch_bounds__(WARPS * 32) fp4_quantize_kernel(const __grid_c
         u32 w[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          w[j] = f4r::e2m1x2_bf16(f4q::mul_bf16x2(raw[4 * j], f2)) |
-                 (f4r::e2m1x2_bf16(f4q::mul_bf16x2(raw[4 * j + 1], f2)) << 8) |
-                 (f4r::e2m1x2_bf16(f4q::mul_bf16x2(raw[4 * j + 2], f2)) << 16) |
-                 (f4r::e2m1x2_bf16(f4q::mul_bf16x2(raw[4 * j + 3], f2)) << 24);
+          w[j] = f4r::e2m1x2_bf16(mul_bf16x2(raw[4 * j], f2)) |
+                 (f4r::e2m1x2_bf16(mul_bf16x2(raw[4 * j + 1], f2)) << 8) |
+                 (f4r::e2m1x2_bf16(mul_bf16x2(raw[4 * j + 2], f2)) << 16) |
+                 (f4r::e2m1x2_bf16(mul_bf16x2(raw[4 * j + 3], f2)) << 24);
         *reinterpret_cast<uint4*>(a.q + blk * 16) = make_uint4(w[0], w[1], w[2], w[3]);
         a.sf[blk] = static_cast<unsigned char>(sb);
         continue;

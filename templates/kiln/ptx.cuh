@@ -84,6 +84,12 @@ __device__ __forceinline__ u32 max_u16x2(u32 a, u32 b) {
   asm("max.u16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
   return r;
 }
+// a·b on two bf16 lanes, each rounded to nearest even.
+__device__ __forceinline__ u32 mul_bf16x2(u32 a, u32 b) {
+  u32 r;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
 
 // ---- named barriers -------------------------------------------------------------------------------------------------
 // Waits until `threads` threads (a multiple of 32, whole warps) of the CTA have arrived at barrier `id` (1–15: 0 is
