@@ -312,6 +312,7 @@ void fp4_moe_gemm(Runtime& rt, const Fp4MoeGemmCall& c, Stream stream) {
   a.w = static_cast<const unsigned char*>(w.data);
   a.expert_bytes = static_cast<long long>(rbs * kt * chunk_bytes(w.format));
   a.k_tiles = static_cast<int>(kt);
+  a.row_blocks = static_cast<int>(rbs);
   a.experts = static_cast<int>(w.experts);
   a.offsets = c.expert_offsets;
   a.counts = c.expert_counts;
@@ -328,9 +329,11 @@ void fp4_moe_gemm(Runtime& rt, const Fp4MoeGemmCall& c, Stream stream) {
   a.bias_ld = static_cast<int>(w.rows);
   a.half_rows = static_cast<int>(w.rows / 2);
   LaunchDims d;
-  const int64_t tiles = (c.rows_cap + N - 1) / N;
-  d.grid[0] = static_cast<unsigned>(c.tiles_cap > 0 ? std::min(tiles, c.tiles_cap) : tiles);
-  d.grid[1] = static_cast<unsigned>(rbs);
+  const int64_t tiles = c.tiles_cap > 0 ? std::min((c.rows_cap + N - 1) / N, c.tiles_cap) : (c.rows_cap + N - 1) / N;
+  if (tiles * rbs > int64_t{0x7fffffff})
+    ck.invalid("rows_cap", fmt::format("expected token tiles × row blocks ≤ 2^31 − 1 (one grid dimension), got {} × {}",
+                                       tiles, rbs));
+  d.grid[0] = static_cast<unsigned>(tiles * rbs);
   d.block[0] = 384;
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);

@@ -6,8 +6,9 @@
 // Swapped operands: the CTA computes Dᵀ = W·Xᵀ for 128 packed weight rows × N tokens (N = the token tile, wgmma N):
 // the weights are wgmma's A operand from registers (consumer warpgroup wg owns packed rows 64·wg …), the permuted
 // bf16 activations its B operand in shared memory (TMA, 128-byte swizzle, K-major, two boxes of 64 columns × N rows a
-// 128-wide K tile). Grid (token tiles ≤ ceil(rows_cap / N), row blocks): a CTA whose tile starts at or past
-// offsets[E] exits; its expert is the last e with offsets[e] ≤ tile start (binary search). CTA = one producer
+// 128-wide K tile). Grid: token tiles (≤ ceil(rows_cap / N)) × row blocks in one dimension, row block fastest: a
+// CTA whose tile starts at or past offsets[E] exits; its expert is the last e with offsets[e] ≤ tile start (binary
+// search). CTA = one producer
 // warpgroup (its first thread issues, per K tile, the two activation boxes and one 1-D bulk copy of the packed chunk
 // (codes + scales, kiln/fp4_moe_gemm_args.h) into a STAGES-deep mbarrier ring) + two consumer warpgroups.
 //
@@ -128,8 +129,8 @@ __device__ __forceinline__ float plain_act(float v) {
 
 }  // namespace f4g
 
-// Grid (ceil(rows_cap / N), packed rows / 128), 384 threads (N ≤ 32: two CTAs an SM, so that the few-token grids of
-// decode fill the GPU in one wave; larger N: one, with the registers moved to the consumers), dynamic shared memory
+// Grid: token tiles × row blocks in one dimension (row block fastest), 384 threads (N ≤ 32: two CTAs an SM, so that
+// the few-token grids of decode fill the GPU in one wave; larger N: one, with the registers moved to the consumers), dynamic shared memory
 // 1 KiB alignment slack + STAGES × (2·N·128 activation bytes + the chunk rounded up to 1 KiB) + two staging buffers
 // N × (2·OC + 16) bytes + 2·STAGES mbarriers (OC = 32 gated, else 64). FMT 0 nvfp4, 1 mxfp4; ACT: 3 Swiglu, 4 Geglu (gated), 6 Relu2, 7 Identity (also
 // GEMM2's plain epilogue).
@@ -145,7 +146,11 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
   constexpr u32 TX = 2 * ACT_BOX + CHUNK;  // every activation box lands whole (zeros outside the tensor)
   constexpr int OC = GATED ? 32 : 64, SP = 2 * OC + 16, STG = N * SP;
 
-  const int m0 = static_cast<int>(blockIdx.x) * N, rb = static_cast<int>(blockIdx.y);
+  // Row block fastest: a token tile's CTAs run together, so its activation tile is read from DRAM once and then
+  // from L2, and an expert's next token tile finds the same weight row blocks in L2 a row-block sweep later (token
+  // tile fastest re-read every activation tile from DRAM once per row block: 86 % of DRAM bandwidth in GEMM1).
+  const int rb = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.row_blocks));
+  const int m0 = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.row_blocks)) * N;
   if (m0 >= a.offsets[a.experts] || m0 < a.offsets[0]) return;  // past the padded rows (uniform over the CTA)
   int lo = 0, hi = a.experts;  // offsets[lo] ≤ m0 < offsets[hi]
   while (hi - lo > 1) {

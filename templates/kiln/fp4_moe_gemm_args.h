@@ -32,6 +32,7 @@ struct Fp4MoeGemmArgs {
   const unsigned char* w;     // packed weights
   long long expert_bytes;     // packed bytes an expert (row_blocks · k_tiles chunks)
   int k_tiles;                // ceil(K / 128)
+  int row_blocks;             // packed rows / 128: CTA b takes row block b % row_blocks of token tile b / row_blocks
   int experts;                // E_l
   const int* offsets;         // [E_l + 1]
   const int* counts;          // [E_l]
