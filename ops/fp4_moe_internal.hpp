@@ -37,6 +37,7 @@ struct Fp4MoeGemmCall {
   const int32_t* expert_counts = nullptr;  // device [E_l]
   int64_t rows_cap = 0;                    // host bound on expert_offsets[E_l] (grid sizing, no host sync)
   int token_tile = 0;                      // fp4_moe_gemm_token_tile(rt, rows_cap, w.experts)
+  int split = 0;                           // split-K ranks 1, 2, 4; 0: the tuned config's, else by the grid
   int64_t tiles_cap = 0;                   // host bound on the token tiles holding rows (0: ceil(rows_cap / tile));
                                            // every tile of a padded segment holds ≥ 1 real row, so the routed rows
                                            // (T·K) bound it: at decode the grid is T·K tiles, not rows_cap / tile

@@ -21,6 +21,7 @@
 
 namespace kiln::detail {
 int fp4_moe_gemm_default_stages(int token_tile, bool gated);  // ops/fp4_moe_gemm.cpp
+int fp4_moe_gemm_split(int64_t units, int64_t k_tiles, int64_t slots, int forced);
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -265,13 +266,28 @@ TEST(Fp4MoeGemmFamily, DefaultStagesAndSearchSpaceFitSharedMemory) {
   EXPECT_EQ(detail::fp4_moe_gemm_default_stages(128, false), 4);
   EXPECT_EQ(detail::fp4_moe_gemm_default_stages(128, true), 5);  // smaller staging buffers (32 columns)
   EXPECT_EQ(detail::fp4_moe_gemm_default_stages(64, true), 8);
-  EXPECT_EQ(detail::fp4_moe_gemm_default_stages(16, false), 8);  // two CTAs an SM from here
-  EXPECT_EQ(detail::fp4_moe_gemm_default_stages(32, true), 6);
+  EXPECT_EQ(detail::fp4_moe_gemm_default_stages(16, false), 5);  // three CTAs an SM
+  EXPECT_EQ(detail::fp4_moe_gemm_default_stages(16, true), 5);
+  EXPECT_EQ(detail::fp4_moe_gemm_default_stages(32, true), 6);  // two CTAs an SM
   for (int N : {16, 32, 64, 128})
     for (int act : {3, 7}) {
       const auto space = checked_search_space(make(N, 0, act));
       EXPECT_GE(space.size(), 2u);
     }
+}
+
+// Split-K by the grid: gpt-oss at one token (132 SMs × 3 CTAs of N = 16) splits GEMM1's 180 tiles in 2 and GEMM2's
+// 92 in 4; a grid that fills the GPU, or too few K tiles, does not split; a forced split is clamped to the K tiles.
+TEST(Fp4MoeGemmFamily, SplitKByTheGrid) {
+  EXPECT_EQ(detail::fp4_moe_gemm_split(180, 23, 396, 0), 2);
+  EXPECT_EQ(detail::fp4_moe_gemm_split(92, 23, 396, 0), 4);
+  EXPECT_EQ(detail::fp4_moe_gemm_split(1216, 56, 396, 0), 1);
+  EXPECT_EQ(detail::fp4_moe_gemm_split(4, 7, 396, 0), 1);   // 7 K tiles: no rank would get 4
+  EXPECT_EQ(detail::fp4_moe_gemm_split(4, 8, 396, 0), 2);
+  EXPECT_EQ(detail::fp4_moe_gemm_split(4, 64, 396, 0), 4);  // at most 4
+  EXPECT_EQ(detail::fp4_moe_gemm_split(1216, 56, 396, 4), 4);
+  EXPECT_EQ(detail::fp4_moe_gemm_split(10, 1, 396, 4), 1);
+  EXPECT_EQ(detail::fp4_moe_gemm_split(10, 3, 396, 4), 2);
 }
 
 // A handful of configs (each ≈ 1 s of NVRTC): every token tile, both formats, every epilogue, both prepack kinds.
@@ -370,6 +386,9 @@ TEST_F(Fp4MoeGemmErrors, EachFieldIsNamed) {
   c = base;
   c.rows_cap = -1;
   EXPECT_THROW_NAMING(call(), "rows_cap", InvalidArgument);
+  c = base;
+  c.split = 3;
+  EXPECT_THROW_NAMING(call(), "split", InvalidArgument);
   c = base;
   c.act = nullptr;
   EXPECT_THROW_NAMING(call(), "act", InvalidArgument);

@@ -20,7 +20,7 @@ namespace {
 // E experts of `rows` weight rows × K, `routed` rows spread uniformly; act: the GEMM1 activation (gated: rows = 2I),
 // or gemm2 (plain, no activation).
 BenchInstance gemm_instance(Runtime& rt, int64_t E, int64_t rows, int64_t K, Fp4WeightFormat f, bool gemm1,
-                            Fp4MoeActivation act, int64_t routed, int tile_override = 0) {
+                            Fp4MoeActivation act, int64_t routed, int tile_override = 0, int split = 0) {
   auto b = std::make_shared<DeviceBuffers>();
   const bool gated = gemm1 && (act == Fp4MoeActivation::Swiglu || act == Fp4MoeActivation::Geglu);
   const int64_t blk = f == Fp4WeightFormat::nvfp4 ? 16 : 32;
@@ -50,6 +50,7 @@ BenchInstance gemm_instance(Runtime& rt, int64_t E, int64_t rows, int64_t K, Fp4
   c.rows_cap = rows_cap;
   c.tiles_cap = routed;
   c.token_tile = tile;
+  c.split = split;
   c.gemm1 = gemm1;
   c.activation = act;
   c.out = b->alloc(static_cast<size_t>(rows_cap * out_cols * 2));
@@ -73,6 +74,7 @@ struct Case {
   bool gemm1;
   Fp4MoeActivation act;
   int64_t routed;
+  int split = 0;  // forced split-K ranks (a measurement row), 0: the op's choice
 };
 
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
@@ -83,13 +85,24 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
       // gpt-oss-like decode: H = I = 2880, mxfp4, 128 experts, 4 routed rows (GEMM1 Swiglu 2I = 5760, GEMM2 H rows).
       {"gptoss-decode-gemm1", 128, 5760, 2880, Fp4WeightFormat::mxfp4, true, Fp4MoeActivation::Swiglu, 4},
       {"gptoss-decode-gemm2", 128, 2880, 2880, Fp4WeightFormat::mxfp4, false, Fp4MoeActivation::Identity, 4},
+      // The same with split-K forced (the default picks 2 for GEMM1, 4 for GEMM2 on 132 SMs).
+      {"gptoss-decode-gemm1", 128, 5760, 2880, Fp4WeightFormat::mxfp4, true, Fp4MoeActivation::Swiglu, 4, 1},
+      {"gptoss-decode-gemm1", 128, 5760, 2880, Fp4WeightFormat::mxfp4, true, Fp4MoeActivation::Swiglu, 4, 4},
+      {"gptoss-decode-gemm2", 128, 2880, 2880, Fp4WeightFormat::mxfp4, false, Fp4MoeActivation::Identity, 4, 1},
+      {"gptoss-decode-gemm2", 128, 2880, 2880, Fp4WeightFormat::mxfp4, false, Fp4MoeActivation::Identity, 4, 2},
+      // Prefill GEMM2s: DeepSeek-V3's EP slice (W2 7168 × 2048) and gpt-oss (2880 × 2880, 8192 tokens × top-4).
+      {"dsv3-ep32-gemm2", 32, 7168, 2048, Fp4WeightFormat::nvfp4, false, Fp4MoeActivation::Identity, 8192},
+      {"gptoss-gemm1", 128, 5760, 2880, Fp4WeightFormat::mxfp4, true, Fp4MoeActivation::Swiglu, 32768},
+      {"gptoss-gemm2", 128, 2880, 2880, Fp4WeightFormat::mxfp4, false, Fp4MoeActivation::Identity, 32768},
   };
   for (const Case& k : all)
     cases.push_back({"fp4_moe_gemm",
-                     fmt::format("{} E={} rows={} K={} {} routed={} flop={}", k.name, k.E, k.rows, k.K,
+                     fmt::format("{} E={} rows={} K={} {} routed={} flop={}{}", k.name, k.E, k.rows, k.K,
                                  k.f == Fp4WeightFormat::nvfp4 ? "nvfp4" : "mxfp4", k.routed,
-                                 2 * k.routed * k.rows * k.K),
-                     [=](Runtime& rt) { return gemm_instance(rt, k.E, k.rows, k.K, k.f, k.gemm1, k.act, k.routed); }});
+                                 2 * k.routed * k.rows * k.K, k.split > 0 ? fmt::format(" split={}", k.split) : ""),
+                     [=](Runtime& rt) {
+                       return gemm_instance(rt, k.E, k.rows, k.K, k.f, k.gemm1, k.act, k.routed, 0, k.split);
+                     }});
 });
 
 }  // namespace

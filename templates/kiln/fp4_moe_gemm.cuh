@@ -6,11 +6,12 @@
 // Swapped operands: the CTA computes Dᵀ = W·Xᵀ for 128 packed weight rows × N tokens (N = the token tile, wgmma N):
 // the weights are wgmma's A operand from registers (consumer warpgroup wg owns packed rows 64·wg …), the permuted
 // bf16 activations its B operand in shared memory (TMA, 128-byte swizzle, K-major, two boxes of 64 columns × N rows a
-// 128-wide K tile). Grid: token tiles (≤ ceil(rows_cap / N)) × row blocks in one dimension, row block fastest: a
-// CTA whose tile starts at or past offsets[E] exits; its expert is the last e with offsets[e] ≤ tile start (binary
-// search). CTA = one producer
-// warpgroup (its first thread issues, per K tile, the two activation boxes and one 1-D bulk copy of the packed chunk
-// (codes + scales, kiln/fp4_moe_gemm_args.h) into a STAGES-deep mbarrier ring) + two consumer warpgroups.
+// 128-wide K tile). Grid: token tiles (≤ ceil(rows_cap / N)) × row blocks × split-K ranks in one dimension, row block
+// fastest: a CTA whose tile starts at or past offsets[E] exits; its expert is the last e with offsets[e] ≤ tile start
+// (binary search). CTA = two consumer warpgroups + a producer (one warp, or a warpgroup for N > 32) whose first thread
+// issues, per K tile, the two activation boxes and one 1-D bulk copy of the packed chunk (codes + scales,
+// kiln/fp4_moe_gemm_args.h) into a STAGES-deep mbarrier ring. Split-K (decode: too few tiles to fill the GPU): a
+// cluster of S CTAs shares a tile, each rank a contiguous K range; rank 0 sums the partials in rank order.
 //
 // Consumer, per K tile: its scale bytes (one 16- or 8-byte shared load) become bf16 pairs {sf, sf} per k16 step and
 // row half; per half tile one 16-byte shared load holds the codes of 4 k16 steps (32 values). FP4 → bf16: with the
@@ -129,13 +130,25 @@ __device__ __forceinline__ float plain_act(float v) {
 
 }  // namespace f4g
 
-// Grid: token tiles × row blocks in one dimension (row block fastest), 384 threads (N ≤ 32: two CTAs an SM, so that
-// the few-token grids of decode fill the GPU in one wave; larger N: one, with the registers moved to the consumers), dynamic shared memory
-// 1 KiB alignment slack + STAGES × (2·N·128 activation bytes + the chunk rounded up to 1 KiB) + two staging buffers
-// N × (2·OC + 16) bytes + 2·STAGES mbarriers (OC = 32 gated, else 64). FMT 0 nvfp4, 1 mxfp4; ACT: 3 Swiglu, 4 Geglu (gated), 6 Relu2, 7 Identity (also
-// GEMM2's plain epilogue).
+// Threads: two consumer warpgroups (threads 0–255), then the producer: one warp for N ≤ 32 (288 threads; N = 16: three
+// CTAs an SM, N = 32: two, so that the few-token grids of decode fill the GPU), a warpgroup for larger N (384; one
+// CTA an SM, registers moved to the consumers by setmaxnreg, which takes whole warpgroups).
+template <int N>
+constexpr int fp4_moe_gemm_threads() { return N <= 32 ? 288 : 384; }
+template <int N>
+constexpr int fp4_moe_gemm_ctas_per_sm() { return N == 16 ? 3 : N == 32 ? 2 : 1; }
+
+// Grid: (token tiles × row blocks) × S in one dimension, row block fastest, in clusters of S CTAs (split-K, S = the
+// cluster size, 1 without clusters): cluster rank p takes K tiles [p·KT/S, (p+1)·KT/S); after the main loop ranks
+// p > 0 leave their fp32 accumulators in their shared memory and rank 0 adds them in rank order through distributed
+// shared memory (a fixed order: the same bits on every run) before its epilogue. Dynamic shared memory 1 KiB
+// alignment slack + STAGES × (2·N·128 activation bytes + the chunk rounded up to 1 KiB) + two staging buffers
+// N × (2·OC + 16) bytes + 2·STAGES mbarriers (OC = 32 gated, else 64); the split-K partials (256 threads × N/2 floats)
+// reuse the ring. FMT 0 nvfp4, 1 mxfp4; ACT: 3 Swiglu, 4 Geglu (gated), 6 Relu2, 7 Identity (also GEMM2's plain
+// epilogue).
 template <int N, int FMT, int ACT, int STAGES>
-__global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(const __grid_constant__ Fp4MoeGemmArgs a) {
+__global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_per_sm<N>())
+    fp4_moe_gemm_kernel(const __grid_constant__ Fp4MoeGemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(N == 16 || N == 32 || N == 64 || N == 128, "token tile: 16, 32, 64 or 128");
   static_assert(FMT == 0 || FMT == 1, "nvfp4 (0) or mxfp4 (1)");
@@ -149,9 +162,13 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
   // Row block fastest: a token tile's CTAs run together, so its activation tile is read from DRAM once and then
   // from L2, and an expert's next token tile finds the same weight row blocks in L2 a row-block sweep later (token
   // tile fastest re-read every activation tile from DRAM once per row block: 86 % of DRAM bandwidth in GEMM1).
-  const int rb = static_cast<int>(blockIdx.x % static_cast<unsigned>(a.row_blocks));
-  const int m0 = static_cast<int>(blockIdx.x / static_cast<unsigned>(a.row_blocks)) * N;
-  if (m0 >= a.offsets[a.experts] || m0 < a.offsets[0]) return;  // past the padded rows (uniform over the CTA)
+  u32 S;  // split-K ranks (the cluster size)
+  asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(S));
+  const u32 unit = blockIdx.x / S, rank = S > 1 ? cluster_ctarank() : 0u;
+  const int rb = static_cast<int>(unit % static_cast<unsigned>(a.row_blocks));
+  const int m0 = static_cast<int>(unit / static_cast<unsigned>(a.row_blocks)) * N;
+  // Past the padded rows, or a tile with no row to write: uniform over the cluster (every rank has the same unit).
+  if (m0 >= a.offsets[a.experts] || m0 < a.offsets[0]) return;
   int lo = 0, hi = a.experts;  // offsets[lo] ≤ m0 < offsets[hi]
   while (hi - lo > 1) {
     const int mid = (lo + hi) >> 1;
@@ -164,18 +181,20 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 base = (smem_u32(smem_raw) + 1023u) & ~1023u, stg = base + STAGES * STAGE, bars = stg + 2 * STG;
-  const int tid = threadIdx.x, wg = tid / 128, KT = a.k_tiles;
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int k0 = static_cast<int>(rank * static_cast<u32>(a.k_tiles) / S);  // this rank's K tiles [k0, k1)
+  const int k1 = static_cast<int>((rank + 1) * static_cast<u32>(a.k_tiles) / S);
 
   if (tid == 0) tp::ring_init<STAGES>(bars, 2);  // both consumer warpgroups release every stage
   __syncthreads();
 
-  if (wg == 0) {  // producer
-    if constexpr (N > 32) setmaxnreg_dec<40>();  // N ≤ 32: two CTAs an SM (≤ 85 registers a thread)
-    if (tid == 0) {
+  if (wg == 2) {  // producer
+    if constexpr (N > 32) setmaxnreg_dec<40>();  // N ≤ 32: a single warp, several CTAs an SM
+    if (tid == 256) {
       prefetch_tmap(&a.tma);
-      const unsigned char* src = a.w + static_cast<i64>(e) * a.expert_bytes + static_cast<i64>(rb) * KT * CHUNK;
+      const unsigned char* src = a.w + static_cast<i64>(e) * a.expert_bytes + static_cast<i64>(rb) * a.k_tiles * CHUNK;
       tp::RingPos<STAGES> rp;
-      for (int kt = 0; kt < KT; ++kt) {
+      for (int kt = k0; kt < k1; ++kt) {
         mbar_wait(bars + 8 * (STAGES + rp.s), rp.phase ^ 1);
         const u32 full = bars + 8 * rp.s, sa = base + rp.s * STAGE;
         mbar_arrive_expect_tx(full, TX);
@@ -188,16 +207,21 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
         rp.next();
       }
     }
+    __syncwarp();
+    if (S > 1) {  // the cluster's two barriers (below): every thread of every rank takes part
+      cluster_sync();
+      cluster_sync();
+    }
   } else {  // consumers
     if constexpr (N > 32) setmaxnreg_inc<232>();
-    const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
+    const int wm = wg, lane = tid & 31, warp = (tid & 127) >> 5;
     float acc[N / 2];  // the first wgmma overwrites it (scale-d 0: zero-filled registers would serialize the wgmmas)
     const u32 code_off = 16u * (256 * wm + 32 * warp + lane);
     const u32 sc_off = kFp4MoeCodeBytes + (FMT == 0 ? 16u : 8u) * (32 * wm + 8 * warp + (lane >> 2));
     u32 A[2][4][4];  // [half tile][k16 step][register]
     tp::RingPos<STAGES> rp;
     int prev = -1;
-    for (int kt = 0; kt < KT; ++kt) {
+    for (int kt = k0; kt < k1; ++kt) {
       mbar_wait(bars + 8 * rp.s, rp.phase);
       const u32 sa = base + rp.s * STAGE, sw = sa + 2 * ACT_BOX;
       u32 sp[8][2];  // [k16 step][row half]: {sf, sf}
@@ -241,7 +265,7 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
         wgmma::wgmma_fence();  // the A registers just written → the wgmmas reading them
 #pragma unroll
         for (int m = 0; m < 4; ++m)
-          f4g::mma_ra<N>(acc, A[h][m], wgmma::desc_sw128(sa + h * ACT_BOX + m * 32), kt > 0 || h > 0 || m > 0);
+          f4g::mma_ra<N>(acc, A[h][m], wgmma::desc_sw128(sa + h * ACT_BOX + m * 32), kt > k0 || h > 0 || m > 0);
         wgmma::wgmma_commit();
         wgmma::wgmma_wait<1>();  // the batch before this one (the other register set) has completed
         wgmma::fence_regs(acc);
@@ -255,6 +279,29 @@ __global__ void __launch_bounds__(384, N <= 32 ? 2 : 1) fp4_moe_gemm_kernel(cons
     wgmma::wgmma_wait<0>();
     wgmma::fence_regs(acc);
     if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));
+
+    if (S > 1) {  // split-K: ranks > 0 publish their partials in the (drained) ring, rank 0 adds them in rank order
+      const u32 part = base + 4u * static_cast<u32>(tid);  // element i at part + 1024·i (256 threads × 4 bytes)
+      if (rank != 0) {
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) asm volatile("st.shared.f32 [%0], %1;" ::"r"(part + 1024u * i), "f"(acc[i]) : "memory");
+      }
+      cluster_sync();  // partials visible cluster-wide
+      if (rank == 0) {
+        for (u32 p = 1; p < S; ++p) {
+          u32 remote;
+          asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(part), "r"(p));
+#pragma unroll
+          for (int i = 0; i < N / 2; ++i) {
+            float v;
+            asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote + 1024u * i) : "memory");
+            acc[i] += v;
+          }
+        }
+      }
+      cluster_sync();  // rank 0 has read them: the other ranks may exit
+      if (rank != 0) return;
+    }
 
     // ---- epilogue ----
     const float sa_e = a.scale_a != nullptr ? a.scale_a[e] : 1.0f, sb_e = a.scale_b != nullptr ? a.scale_b[e] : 1.0f;

@@ -29,6 +29,7 @@ struct GemmCase {
   Fp4MoeActivation act = Fp4MoeActivation::Swiglu;
   std::vector<int32_t> counts = {3, 0, 1, 70};
   int tile = 0;  // 0: fp4_moe_gemm_token_tile's choice
+  int split = 0;  // split-K ranks; 0: the default's choice by the grid
   bool row_scale = false, bias = false, scale_a = false, scale_b = false, swiglu_params = false;
   bool mx_big_scales = false;  // MXFP4 scale bytes up to 131 (the kernel's two-multiply path) instead of ≤ 127
   bool one_hot = false;        // act row r = e_(r mod K): out[r, j] is the weight W[e][j, r mod K] itself
@@ -38,7 +39,7 @@ struct GemmCase {
 std::string describe(const GemmCase& c) {
   std::string s = std::string(c.format == 0 ? "nvfp4" : "mxfp4") + " rows " + std::to_string(c.rows) + " K " +
                   std::to_string(c.K) + (c.gemm1 ? " gemm1 act " + std::to_string(static_cast<int>(c.act)) : " gemm2") +
-                  " tile " + std::to_string(c.tile) + " counts";
+                  " tile " + std::to_string(c.tile) + " split " + std::to_string(c.split) + " counts";
   for (int32_t n : c.counts) s += " " + std::to_string(n);
   if (c.row_scale) s += " row_scale";
   if (c.bias) s += " bias";
@@ -150,6 +151,7 @@ class Fp4MoeGemmGpu : public GpuTest {
     call.expert_counts = static_cast<const int32_t*>(cntb.data());
     call.rows_cap = p.rows_cap;
     call.token_tile = tile;
+    call.split = c.split;
     // The routed rows bound the tiles holding rows (the layer passes T·K): the grid stops there.
     for (int32_t n : p.counts) call.tiles_cap += n;
     call.row_scale = dev(p.row_scale);
@@ -343,6 +345,44 @@ TEST_F(Fp4MoeGemmGpu, UnalignedRowsAndK) {
   c.K = 2880;
   c.counts = {1, 0, 2, 1};
   c.swiglu_params = true;
+  run(c);
+}
+
+// Split-K (a cluster of 2 or 4 CTAs a tile, rank 0 adding the others' partials): decode-like segments (one or two
+// rows an expert) and a prefill tile (N = 128, the producer warpgroup's path), K ranges of 1 … 8 tiles, K unaligned,
+// both formats, gated and plain epilogues with every scale; a split larger than the K tiles is clamped.
+TEST_F(Fp4MoeGemmGpu, SplitKRanksAddInRankOrder) {
+  for (int split : {1, 2, 4})
+    for (int format : {0, 1}) {
+      GemmCase c;
+      c.format = format;
+      c.rows = 384;
+      c.K = 1024;
+      c.counts = {1, 0, 2, 1};
+      c.tile = 16;
+      c.split = split;
+      c.row_scale = c.bias = c.scale_a = c.scale_b = true;
+      c.swiglu_params = true;
+      run(c);
+      c.gemm1 = false;
+      c.rows = 256;
+      c.K = 416;  // 4 K tiles, the last one partial
+      c.swiglu_params = false;
+      c.tile = 32;
+      c.counts = {20, 3};
+      run(c);
+    }
+  GemmCase c;
+  c.format = 1;
+  c.rows = 256;
+  c.K = 512;
+  c.counts = {130, 5};
+  c.tile = 128;
+  c.split = 2;
+  run(c);
+  c.K = 128;  // one K tile: split 4 runs unsplit
+  c.split = 4;
+  c.act = Fp4MoeActivation::Geglu;
   run(c);
 }
 
