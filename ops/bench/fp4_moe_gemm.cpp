@@ -20,16 +20,23 @@ namespace {
 // E experts of `rows` weight rows × K, `routed` rows spread uniformly; act: the GEMM1 activation (gated: rows = 2I),
 // or gemm2 (plain, no activation).
 BenchInstance gemm_instance(Runtime& rt, int64_t E, int64_t rows, int64_t K, Fp4WeightFormat f, bool gemm1,
-                            Fp4MoeActivation act, int64_t routed, int tile_override = 0, int split = 0) {
+                            Fp4MoeActivation act, int64_t routed, int tile_override = 0, int split = 0,
+                            bool random_counts = false) {
   auto b = std::make_shared<DeviceBuffers>();
   const bool gated = gemm1 && (act == Fp4MoeActivation::Swiglu || act == Fp4MoeActivation::Geglu);
   const int64_t blk = f == Fp4WeightFormat::nvfp4 ? 16 : 32;
   const int tile = tile_override > 0 ? tile_override : fp4_moe_gemm_token_tile(rt, routed, E);
-  std::vector<int32_t> counts(E), offsets(E + 1, 0);
-  for (int64_t e = 0; e < E; ++e) {
-    counts[e] = static_cast<int32_t>(routed / E + (e < routed % E ? 1 : 0));
-    offsets[e + 1] = offsets[e] + (counts[e] + tile - 1) / tile * tile;
+  std::vector<int32_t> counts(E, 0), offsets(E + 1, 0);
+  if (random_counts) {  // each row to a uniformly random expert (a layer's binomial spread; fixed seed)
+    uint64_t h = 0x9E3779B97F4A7C15ull;
+    for (int64_t r = 0; r < routed; ++r) {
+      h = h * 6364136223846793005ull + 1442695040888963407ull;
+      ++counts[static_cast<size_t>((h >> 33) % static_cast<uint64_t>(E))];
+    }
+  } else {
+    for (int64_t e = 0; e < E; ++e) counts[e] = static_cast<int32_t>(routed / E + (e < routed % E ? 1 : 0));
   }
+  for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + (counts[e] + tile - 1) / tile * tile;
   const int64_t rows_cap = std::max<int64_t>(offsets[E], 1), out_cols = gated ? rows / 2 : rows;
   // Codes: random bytes (any nibble is a valid E2M1 code); scales: E4M3 1.0 / 2^−1 or UE8M0 2^0 / 2^−1.
   std::vector<uint8_t> codes(static_cast<size_t>(E * rows * K / 2)), sc(static_cast<size_t>(E * rows * K / blk));
@@ -75,6 +82,8 @@ struct Case {
   Fp4MoeActivation act;
   int64_t routed;
   int split = 0;  // forced split-K ranks (a measurement row), 0: the op's choice
+  int tile = 0;   // forced token tile (a measurement row), 0: fp4_moe_gemm_token_tile's
+  bool random_counts = false;  // rows to uniformly random experts instead of evenly spread
 };
 
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
@@ -94,14 +103,22 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
       {"dsv3-ep32-gemm2", 32, 7168, 2048, Fp4WeightFormat::nvfp4, false, Fp4MoeActivation::Identity, 8192},
       {"gptoss-gemm1", 128, 5760, 2880, Fp4WeightFormat::mxfp4, true, Fp4MoeActivation::Swiglu, 32768},
       {"gptoss-gemm2", 128, 2880, 2880, Fp4WeightFormat::mxfp4, false, Fp4MoeActivation::Identity, 32768},
+      // Rows to random experts (what a layer sees: segments not multiples of the tile), token tile 128 and 64.
+      {"dsv3-ep32-gemm1", 32, 4096, 7168, Fp4WeightFormat::nvfp4, true, Fp4MoeActivation::Swiglu, 8192, 0, 128, true},
+      {"dsv3-ep32-gemm1", 32, 4096, 7168, Fp4WeightFormat::nvfp4, true, Fp4MoeActivation::Swiglu, 8192, 0, 64, true},
+      {"dsv3-ep32-gemm2", 32, 7168, 2048, Fp4WeightFormat::nvfp4, false, Fp4MoeActivation::Identity, 8192, 0, 128, true},
+      {"dsv3-ep32-gemm2", 32, 7168, 2048, Fp4WeightFormat::nvfp4, false, Fp4MoeActivation::Identity, 8192, 0, 64, true},
   };
   for (const Case& k : all)
     cases.push_back({"fp4_moe_gemm",
-                     fmt::format("{} E={} rows={} K={} {} routed={} flop={}{}", k.name, k.E, k.rows, k.K,
+                     fmt::format("{} E={} rows={} K={} {} routed={} flop={}{}{}{}", k.name, k.E, k.rows, k.K,
                                  k.f == Fp4WeightFormat::nvfp4 ? "nvfp4" : "mxfp4", k.routed,
-                                 2 * k.routed * k.rows * k.K, k.split > 0 ? fmt::format(" split={}", k.split) : ""),
+                                 2 * k.routed * k.rows * k.K, k.split > 0 ? fmt::format(" split={}", k.split) : "",
+                                 k.tile > 0 ? fmt::format(" tile={}", k.tile) : "",
+                                 k.random_counts ? " random-experts" : ""),
                      [=](Runtime& rt) {
-                       return gemm_instance(rt, k.E, k.rows, k.K, k.f, k.gemm1, k.act, k.routed, 0, k.split);
+                       return gemm_instance(rt, k.E, k.rows, k.K, k.f, k.gemm1, k.act, k.routed, k.tile, k.split,
+                                            k.random_counts);
                      }});
 });
 

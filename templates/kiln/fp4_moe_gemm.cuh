@@ -115,6 +115,30 @@ __device__ __forceinline__ bool warp_all(bool pred) {
   return r != 0;
 }
 
+// The expert whose padded segment holds row m0 (the last e with offsets[e] ≤ m0; −1 when m0 is outside
+// [offsets[0], offsets[E])) and, in `left`, its rows from m0 on (offsets[e] + counts[e] − m0), by the whole warp
+// (every lane gets them): each round the 32 lanes read 32 evenly spaced offsets of the interval and a ballot keeps
+// one piece, so E + 1 ≤ 32 takes one round of loads and ≤ 1024 two (a binary search took log2 E dependent loads,
+// ≈ 1 µs each at the start of a decode kernel; the last round reads the counts beside the offsets).
+__device__ __forceinline__ int find_segment(const int* offsets, const int* counts, int E, int m0, int lane, int& left) {
+  int lo = 0, hi = E + 1;  // offsets[lo] ≤ m0 < offsets[hi] (offsets[E + 1] = +inf)
+  while (true) {
+    const int step = (hi - lo + 31) >> 5, i = lo + lane * step;
+    const bool in = i < hi;
+    const int o = in ? __ldg(offsets + i) : 0;
+    const int c = in && step == 1 && i < E ? __ldg(counts + i) : 0;
+    const u32 b = __ballot_sync(0xffffffffu, in && o <= m0);
+    if (b == 0) return -1;  // m0 < offsets[0]
+    const int L = 31 - __clz(static_cast<int>(b));
+    if (step == 1) {
+      left = __shfl_sync(0xffffffffu, o + c, L) - m0;
+      return lo + L < E ? lo + L : -1;
+    }
+    lo += L * step;
+    hi = lo + step < hi ? lo + step : hi;
+  }
+}
+
 __device__ __forceinline__ float sigmoid(float z) { return rcp_ftz(1.0f + ex2_ftz(z * -1.4426950408889634f)); }
 
 // The plain epilogue's act: Relu2 (6) max(v, 0)², else identity.
@@ -168,15 +192,10 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
   const int rb = static_cast<int>(unit % static_cast<unsigned>(a.row_blocks));
   const int m0 = static_cast<int>(unit / static_cast<unsigned>(a.row_blocks)) * N;
   // Past the padded rows, or a tile with no row to write: uniform over the cluster (every rank has the same unit).
-  if (m0 >= a.offsets[a.experts] || m0 < a.offsets[0]) return;
-  int lo = 0, hi = a.experts;  // offsets[lo] ≤ m0 < offsets[hi]
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (a.offsets[mid] <= m0) lo = mid; else hi = mid;
-  }
-  const int e = lo;
-  const int seg_end = a.offsets[e] + a.counts[e];
-  const int valid = seg_end - m0 < N ? seg_end - m0 : N;  // tokens of the tile to write
+  int left;  // rows of the segment from m0 on
+  const int e = f4g::find_segment(a.offsets, a.counts, a.experts, m0, static_cast<int>(threadIdx.x & 31), left);
+  if (e < 0) return;
+  const int valid = left < N ? left : N;  // tokens of the tile to write
   if (valid <= 0) return;
 
   extern __shared__ __align__(16) char smem_raw[];
@@ -224,6 +243,8 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
     for (int kt = k0; kt < k1; ++kt) {
       mbar_wait(bars + 8 * rp.s, rp.phase);
       const u32 sa = base + rp.s * STAGE, sw = sa + 2 * ACT_BOX;
+      // Both half tiles' codes at once: the second one's load is not behind the first batch's wgmma wait.
+      const Vec16 qh[2] = {lds16(sw + code_off), lds16(sw + code_off + 2048u)};
       u32 sp[8][2];  // [k16 step][row half]: {sf, sf}
       bool fold = true;  // MXFP4: every scale byte of the warp's tile ≤ 127 (real checkpoints): one multiply
       if constexpr (FMT == 0) {
@@ -247,7 +268,7 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const Vec16 q = lds16(sw + code_off + 2048u * h);
+        const Vec16& q = qh[h];
         if (FMT == 0 || fold) {  // NVFP4: e2m1·2^−126 · sf·2^106; MXFP4 folded: e2m1·2^−126 · 2^(s−1)
 #pragma unroll
           for (int m = 0; m < 4; ++m)

@@ -386,6 +386,25 @@ TEST_F(Fp4MoeGemmGpu, SplitKRanksAddInRankOrder) {
   run(c);
 }
 
+// Many experts, most of them empty (the CTA's segment search takes two or three rounds of 32 offsets; runs of
+// equal offsets): 300 experts with 0 … 3 rows, and 1025 with rows only in the first, a middle and the last one.
+TEST_F(Fp4MoeGemmGpu, ManyExpertsFindTheirSegments) {
+  GemmCase c;
+  c.format = 1;
+  c.gemm1 = false;
+  c.rows = 128;
+  c.K = 128;
+  c.tile = 16;
+  c.counts.assign(300, 0);
+  for (size_t e = 0; e < c.counts.size(); ++e) c.counts[e] = static_cast<int32_t>((e * 7 + 3) % 11 < 4 ? (e * 7 + 3) % 11 : 0);
+  run(c);
+  c.counts.assign(1025, 0);
+  c.counts[0] = 5;
+  c.counts[517] = 17;
+  c.counts[1024] = 1;
+  run(c);
+}
+
 TEST_F(Fp4MoeGemmGpu, RowsCapZeroIsANoOp) {
   Runtime& r = rt();
   DeviceBuffer ob(r, 64);
