@@ -240,11 +240,13 @@ __global__ void __launch_bounds__(f4m::kChunk) fp4_moe_meta_scatter_kernel(const
 
 namespace f4m {
 
-// One permuted row r < the total (a warp): FMT 0 bf16, 1 nvfp4, 2 mxfp8, 3 e4m3; H % 32 == 0. A lane step covers 8
-// (bf16), 16 (fp8) or 32 (nvfp4) elements: one 16-byte load, one to four 16-byte stores.
+// One permuted row r < the total (a warp): FMT 0 bf16, 1 nvfp4, 2 mxfp8, 3 e4m3; H % 32 == 0. bf16: a lane step
+// copies 8 elements (one 16-byte load and store); the quantized formats: a lane step converts 8 elements (4 or 8
+// input bytes and their scale byte, loaded together) into one 16-byte store, so that a store instruction writes 512
+// contiguous bytes of the row (16-byte input vectors made each store instruction write 16 of every 32 or 64 bytes)
+// and no scale load waits behind a data load. U steps a lane issue their loads before their stores.
 template <int FMT>
-__device__ __forceinline__ void gather_row(const Fp4MoeGatherArgs& a, long long r, int lane) {
-  const int tok = a.perm_token[r];
+__device__ __forceinline__ void gather_row(const Fp4MoeGatherArgs& a, long long r, int tok, int lane) {
   const int H = a.H;
   char* out = static_cast<char*>(a.act) + r * H * 2;
   if (tok < 0) {  // padding row: zeros
@@ -254,51 +256,62 @@ __device__ __forceinline__ void gather_row(const Fp4MoeGatherArgs& a, long long 
     return;
   }
   if (lane == 0 && a.row_scale != nullptr) a.row_scale[r] = a.per_token_scale[tok];
-  // Elements a lane step; U steps a lane issue their loads before their stores (several 16-byte loads in flight).
-  constexpr int EPV = FMT == 0 ? 8 : FMT == 1 ? 32 : 16;
-  constexpr int U = FMT == 0 ? 4 : 2;
-  const int nv = H / EPV;
-  const long long in_row = FMT == 0 ? 2ll * H : FMT == 1 ? H / 2 : H;
-  const char* in = static_cast<const char*>(a.hidden) + static_cast<long long>(tok) * in_row;
-  for (int v0 = lane; v0 < nv; v0 += 32 * U) {
-    Vec16 q[U];
+  const int nv = H / 8;  // 8-element steps of the row
+  if constexpr (FMT == 0) {
+    constexpr int U = 4;
+    const char* in = static_cast<const char*>(a.hidden) + static_cast<long long>(tok) * H * 2;
+    for (int v0 = lane; v0 < nv; v0 += 32 * U) {
+      Vec16 q[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (v0 + 32 * u < nv) q[u] = load16_stream(in + (v0 + 32 * u) * 16);
+      for (int u = 0; u < U; ++u)
+        if (v0 + 32 * u < nv) q[u] = load16_stream(in + (v0 + 32 * u) * 16);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int v = v0 + 32 * u;
-      if (v >= nv) break;
-      if constexpr (FMT == 0) {
-        store16(out + v * 16, q[u]);
-      } else if constexpr (FMT == 1) {
-        const unsigned char* sc = a.scale + static_cast<long long>(tok) * (H / 16) + v * 2;
-        const u32 s2 = *reinterpret_cast<const unsigned short*>(sc);
-        const float sf0 = e4m3_float(s2), sf1 = e4m3_float(s2 >> 8);
+      for (int u = 0; u < U; ++u)
+        if (v0 + 32 * u < nv) store16(out + (v0 + 32 * u) * 16, q[u]);
+    }
+  } else {
+    constexpr int U = 8;
+    constexpr int IB = FMT == 1 ? 4 : 8;  // input bytes a step
+    const char* in = static_cast<const char*>(a.hidden) + static_cast<long long>(tok) * H * IB / 8;
+    const unsigned char* sc =
+        FMT == 1 ? a.scale + static_cast<long long>(tok) * (H / 16) : FMT == 2 ? a.scale + static_cast<long long>(tok) * (H / 32) : nullptr;
+    for (int v0 = lane; v0 < nv; v0 += 32 * U) {
+      u32 q[U][IB / 4], sb[U];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {  // bytes 4j … 4j + 3: elements 8j … 8j + 7 (block 2v for j < 2, else 2v + 1)
-          const float sf = j < 2 ? sf0 : sf1;
-          Vec16 o;
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + 32 * u;
+        if (v >= nv) break;
+        if constexpr (FMT == 1) {
+          q[u][0] = __ldg(reinterpret_cast<const u32*>(in) + v);
+          sb[u] = sc[v >> 1];  // a 16-element block: two steps
+        } else {
+          const uint2 w = __ldg(reinterpret_cast<const uint2*>(in) + v);
+          q[u][0] = w.x;
+          q[u][IB / 4 - 1] = w.y;
+          if constexpr (FMT == 2) sb[u] = sc[v >> 2];  // a 32-element block: four steps
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int v = v0 + 32 * u;
+        if (v >= nv) break;
+        Vec16 o;
+        if constexpr (FMT == 1) {
+          const float sf = e4m3_float(sb[u]);
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            const u32 byte = (q[u].w[j] >> (8 * i)) & 0xffu;
+            const u32 byte = (q[u][0] >> (8 * i)) & 0xffu;
             o.w[i] = bf16x2(e2m1_float(byte & 15u) * sf, e2m1_float(byte >> 4) * sf);
           }
-          store16(out + (v * 4 + j) * 16, o);
-        }
-      } else {
-        float sf = 1.0f;
-        if constexpr (FMT == 2) sf = ue8m0_float(a.scale[static_cast<long long>(tok) * (H / 32) + v / 2]);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {  // bytes 8j … 8j + 7
-          Vec16 o;
+        } else {
+          const float sf = FMT == 2 ? ue8m0_float(sb[u]) : 1.0f;
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            const u32 w = q[u].w[2 * j + i / 2] >> (16 * (i & 1));
+            const u32 w = q[u][i / 2] >> (16 * (i & 1));
             o.w[i] = bf16x2(e4m3_float(w) * sf, e4m3_float(w >> 8) * sf);
           }
-          store16(out + (v * 2 + j) * 16, o);
         }
+        store16(out + v * 16, o);
       }
     }
   }
@@ -316,8 +329,13 @@ __global__ void __launch_bounds__(THREADS) fp4_moe_gather_kernel(const __grid_co
   long long rows = a.offsets[a.experts];
   rows = rows < a.rows_cap ? rows : a.rows_cap;
   const long long step = static_cast<long long>(gridDim.x) * (THREADS / 32);
-  for (long long r = static_cast<long long>(blockIdx.x) * (THREADS / 32) + (threadIdx.x >> 5); r < rows; r += step)
-    f4m::gather_row<FMT>(a, r, lane);
+  long long r = static_cast<long long>(blockIdx.x) * (THREADS / 32) + (threadIdx.x >> 5);
+  int tok = r < rows ? a.perm_token[r] : -1;
+  for (; r < rows; r += step) {  // the next row's token is read before this row's loads (not behind its stores)
+    const int next = r + step < rows ? a.perm_token[r + step] : -1;
+    f4m::gather_row<FMT>(a, r, tok, lane);
+    tok = next;
+  }
 }
 
 // A CTA a token (THREADS threads, 8 columns a thread a step); H_out % 8 == 0.
