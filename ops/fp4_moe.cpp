@@ -465,6 +465,7 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
     g1.activation = act;
     g1.out = inter;
     g1.out_ld = I;
+    g1.pdl = true;  // after the gather, which passed its wait only once the metadata kernels had completed
     fp4_moe_gemm(rt, g1, stream);
 
     g2.w = w2;
@@ -474,6 +475,7 @@ void fp4_block_scale_moe(Runtime& rt, const Fp4MoeInputs& in, const Fp4MoeOutput
     g2.scale_a = f32(in.output2_scale_scalar);
     g2.out = y;
     g2.out_ld = H;
+    g2.pdl = true;  // after GEMM1
     fp4_moe_gemm(rt, g2, stream);
 
     if (opt.do_finalize) {

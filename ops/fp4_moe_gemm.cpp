@@ -373,6 +373,7 @@ void fp4_moe_gemm(Runtime& rt, const Fp4MoeGemmCall& c, Stream stream) {
                                        tiles, rbs, S));
   d.grid[0] = static_cast<unsigned>(tiles * rbs * S);
   d.cluster[0] = static_cast<unsigned>(S);
+  d.pdl = c.pdl;
   d.block[0] = static_cast<unsigned>(threads_of(N));
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);

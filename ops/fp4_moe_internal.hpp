@@ -52,6 +52,10 @@ struct Fp4MoeGemmCall {
   Fp4MoeActivation activation = Fp4MoeActivation::Swiglu;
   void* out = nullptr;                     // bf16 [rows_cap, w.gated ? w.rows / 2 : w.rows], row stride out_ld
   int64_t out_ld = 0;
+  // Launched as a programmatic dependent of the previous kernel on the stream (runtime_impl.hpp LaunchDims::pdl):
+  // only where that kernel is kiln's own and wrote the activations / row_scale (the layer's gather, GEMM1) and the
+  // offsets and counts were complete when it started. The weights' first stages load before the wait.
+  bool pdl = false;
 };
 
 // A model config's FP4 MoE as the layer's kernels are specialized for it (prewarm: the three families' enumerate):

@@ -12,6 +12,8 @@
 // issues, per K tile, the two activation boxes and one 1-D bulk copy of the packed chunk (codes + scales,
 // kiln/fp4_moe_gemm_args.h) into a STAGES-deep mbarrier ring. Split-K (decode: too few tiles to fill the GPU): a
 // cluster of S CTAs shares a tile, each rank a contiguous K range; rank 0 sums the partials in rank order.
+// Programmatic dependent launch (the layer): the CTA lets the next kernel start at once, finds its segment and loads
+// its first stages' weights, then waits for the previous kernel (which wrote the activations) before their boxes.
 //
 // Consumer, per K tile: its scale bytes (one 16- or 8-byte shared load) become bf16 pairs {sf, sf} per k16 step and
 // row half; per half tile one 16-byte shared load holds the codes of 4 k16 steps (32 values). FP4 → bf16: with the
@@ -32,6 +34,7 @@
 #include "kiln/fp4_moe_gemm_args.h"
 #include "kiln/gated_mlp.cuh"  // gmlp::activation<1>: the erf GELU
 #include "kiln/mbarrier.cuh"
+#include "kiln/pdl.cuh"
 #include "kiln/ptx.cuh"
 #include "kiln/tile_pipeline.cuh"
 #include "kiln/wgmma.cuh"
@@ -186,6 +189,7 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
   // Row block fastest: a token tile's CTAs run together, so its activation tile is read from DRAM once and then
   // from L2, and an expert's next token tile finds the same weight row blocks in L2 a row-block sweep later (token
   // tile fastest re-read every activation tile from DRAM once per row block: 86 % of DRAM bandwidth in GEMM1).
+  pdl_launch_dependents();  // the next kernel (GEMM2, finalize) may start its prologue and weight loads
   u32 S;  // split-K ranks (the cluster size)
   asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(S));
   const u32 unit = blockIdx.x / S, rank = S > 1 ? cluster_ctarank() : 0u;
@@ -212,17 +216,33 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
     if (tid == 256) {
       prefetch_tmap(&a.tma);
       const unsigned char* src = a.w + static_cast<i64>(e) * a.expert_bytes + static_cast<i64>(rb) * a.k_tiles * CHUNK;
+      auto load_chunk = [&](int kt, u32 full, u32 sa) {
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                         sa + 2 * ACT_BOX),
+                     "l"(src + static_cast<i64>(kt) * CHUNK), "r"(static_cast<u32>(CHUNK)), "r"(full)
+                     : "memory");
+      };
+      // PDL: the first stages' weights (not written by any kernel) load before the wait for the previous kernel
+      // (the gather or GEMM1, which writes the activations); their activation boxes after it.
+      const int pre = k1 - k0 < STAGES ? k1 - k0 : STAGES;
+      for (int i = 0; i < pre; ++i) {
+        mbar_arrive_expect_tx(bars + 8 * i, TX);
+        load_chunk(k0 + i, bars + 8 * i, base + i * STAGE);
+      }
+      pdl_wait();
       tp::RingPos<STAGES> rp;
-      for (int kt = k0; kt < k1; ++kt) {
+      for (int i = 0; i < pre; ++i) {
+        tma_load_2d(base + i * STAGE, &a.tma, bars + 8 * i, (k0 + i) * 128, m0);
+        tma_load_2d(base + i * STAGE + ACT_BOX, &a.tma, bars + 8 * i, (k0 + i) * 128 + 64, m0);
+        rp.next();
+      }
+      for (int kt = k0 + pre; kt < k1; ++kt) {
         mbar_wait(bars + 8 * (STAGES + rp.s), rp.phase ^ 1);
         const u32 full = bars + 8 * rp.s, sa = base + rp.s * STAGE;
         mbar_arrive_expect_tx(full, TX);
         tma_load_2d(sa, &a.tma, full, kt * 128, m0);
         tma_load_2d(sa + ACT_BOX, &a.tma, full, kt * 128 + 64, m0);
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                         sa + 2 * ACT_BOX),
-                     "l"(src + static_cast<i64>(kt) * CHUNK), "r"(static_cast<u32>(CHUNK)), "r"(full)
-                     : "memory");
+        load_chunk(kt, full, sa);
         rp.next();
       }
     }
@@ -243,6 +263,7 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
     for (int kt = k0; kt < k1; ++kt) {
       mbar_wait(bars + 8 * rp.s, rp.phase);
       const u32 sa = base + rp.s * STAGE, sw = sa + 2 * ACT_BOX;
+      const u64 dsa = wgmma::desc_sw128(sa);
       // Both half tiles' codes at once: the second one's load is not behind the first batch's wgmma wait.
       const Vec16 qh[2] = {lds16(sw + code_off), lds16(sw + code_off + 2048u)};
       u32 sp[8][2];  // [k16 step][row half]: {sf, sf}
@@ -258,13 +279,25 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
         u32 w0, w1;
         asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(w0), "=r"(w1) : "r"(sw + sc_off));
         fold = f4g::warp_all(((w0 | w1) & 0x80808080u) == 0u);
+        if (fold) {  // every byte ≤ 127: s + 126 ≤ 253 in all four bytes at once (no carries), then one byte
+                     // permute puts it at bits 8–15 and 24–31 and a shift makes the pair {2^(s−1), 2^(s−1)}
+          const u32 f0 = w0 + 0x7E7E7E7Eu, f1 = w1 + 0x7E7E7E7Eu;
 #pragma unroll
-        for (int b = 0; b < 4; ++b)
+          for (int b = 0; b < 4; ++b)
 #pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const u32 byte = ((b < 2 ? w0 : w1) >> (8 * (2 * (b & 1) + hh))) & 0xFFu;
-            sp[2 * b][hh] = sp[2 * b + 1][hh] = f4g::ue8m0_pair(byte, fold);
-          }
+            for (int hh = 0; hh < 2; ++hh) {
+              const u32 i = 2 * (b & 1) + hh;
+              sp[2 * b][hh] = sp[2 * b + 1][hh] = __byte_perm(b < 2 ? f0 : f1, 0u, (i << 12) | 0x400u | (i << 4) | 4u) >> 1;
+            }
+        } else {
+#pragma unroll
+          for (int b = 0; b < 4; ++b)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+              const u32 byte = ((b < 2 ? w0 : w1) >> (8 * (2 * (b & 1) + hh))) & 0xFFu;
+              sp[2 * b][hh] = sp[2 * b + 1][hh] = f4g::ue8m0_pair(byte, false);
+            }
+        }
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -284,9 +317,10 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
         }
         wgmma::fence_regs(acc);
         wgmma::wgmma_fence();  // the A registers just written → the wgmmas reading them
+        // desc(sa + x) = desc(sa) + x / 16: the start-address field (bits 0–13) holds every shared address / 16
 #pragma unroll
         for (int m = 0; m < 4; ++m)
-          f4g::mma_ra<N>(acc, A[h][m], wgmma::desc_sw128(sa + h * ACT_BOX + m * 32), kt > k0 || h > 0 || m > 0);
+          f4g::mma_ra<N>(acc, A[h][m], dsa + static_cast<u32>((h * ACT_BOX + m * 32) >> 4), kt > k0 || h > 0 || m > 0);
         wgmma::wgmma_commit();
         wgmma::wgmma_wait<1>();  // the batch before this one (the other register set) has completed
         wgmma::fence_regs(acc);
@@ -300,6 +334,7 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
     wgmma::wgmma_wait<0>();
     wgmma::fence_regs(acc);
     if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));
+    pdl_wait();  // (long satisfied: the activations came after the producer's wait) the epilogue reads row_scale
 
     if (S > 1) {  // split-K: ranks > 0 publish their partials in the (drained) ring, rank 0 adds them in rank order
       const u32 part = base + 4u * static_cast<u32>(tid);  // element i at part + 1024·i (256 threads × 4 bytes)
