@@ -70,6 +70,15 @@ template <> __device__ __forceinline__ void mma_ra<64>(float (&d)[32], const u32
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
 }
+// The same m64n64k16 on the first 32 registers of a 128-token tile's accumulators (a tile with ≤ 64 rows).
+__device__ __forceinline__ void mma_ra_n64_of128(float (&d)[64], const u32 (&a)[4], u64 b, int scale_d) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+}
 template <> __device__ __forceinline__ void mma_ra<128>(float (&d)[64], const u32 (&a)[4], u64 b, int scale_d) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
@@ -141,6 +150,18 @@ __device__ __forceinline__ int find_segment(const int* offsets, const int* count
     hi = lo + step < hi ? lo + step : hi;
   }
 }
+
+// mma_ra<N>, or with HALF (N = 128 only) the m64n64k16 on the first half of the accumulators.
+template <bool HALF, int N>
+__device__ __forceinline__ void mma_sel(float (&d)[N / 2], const u32 (&a)[4], u64 b, int scale_d) {
+  if constexpr (HALF && N == 128) mma_ra_n64_of128(d, a, b, scale_d);
+  else mma_ra<N>(d, a, b, scale_d);
+}
+
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
 
 __device__ __forceinline__ float sigmoid(float z) { return rcp_ftz(1.0f + ex2_ftz(z * -1.4426950408889634f)); }
 
@@ -255,85 +276,100 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_p
     if constexpr (N > 32) setmaxnreg_inc<232>();
     const int wm = wg, lane = tid & 31, warp = (tid & 127) >> 5;
     float acc[N / 2];  // the first wgmma overwrites it (scale-d 0: zero-filled registers would serialize the wgmmas)
+    // A 128-token tile with ≤ 64 rows (an expert's partial last tile) multiplies only its first 64 tokens: half the
+    // MMA work; the other accumulators stay unwritten and their tokens are never stored.
+    [[maybe_unused]] const bool half_tile = N == 128 && valid <= 64;
     const u32 code_off = 16u * (256 * wm + 32 * warp + lane);
     const u32 sc_off = kFp4MoeCodeBytes + (FMT == 0 ? 16u : 8u) * (32 * wm + 8 * warp + (lane >> 2));
     u32 A[2][4][4];  // [half tile][k16 step][register]
-    tp::RingPos<STAGES> rp;
-    int prev = -1;
-    for (int kt = k0; kt < k1; ++kt) {
-      mbar_wait(bars + 8 * rp.s, rp.phase);
-      const u32 sa = base + rp.s * STAGE, sw = sa + 2 * ACT_BOX;
-      const u64 dsa = wgmma::desc_sw128(sa);
-      // Both half tiles' codes at once: the second one's load is not behind the first batch's wgmma wait.
-      const Vec16 qh[2] = {lds16(sw + code_off), lds16(sw + code_off + 2048u)};
-      u32 sp[8][2];  // [k16 step][row half]: {sf, sf}
-      bool fold = true;  // MXFP4: every scale byte of the warp's tile ≤ 127 (real checkpoints): one multiply
-      if constexpr (FMT == 0) {
-        const Vec16 v = lds16(sw + sc_off);
+    // The K loop, once per accumulator width (a loop each, so that every wgmma's registers are fixed at compile time).
+    auto k_loop = [&](auto half_flag) {
+      constexpr bool HALF = decltype(half_flag)::value;
+      tp::RingPos<STAGES> rp;
+      int prev = -1;
+      for (int kt = k0; kt < k1; ++kt) {
+        mbar_wait(bars + 8 * rp.s, rp.phase);
+        const u32 sa = base + rp.s * STAGE, sw = sa + 2 * ACT_BOX;
+        const u64 dsa = wgmma::desc_sw128(sa);
+        // Both half tiles' codes at once: the second one's load is not behind the first batch's wgmma wait.
+        const Vec16 qh[2] = {lds16(sw + code_off), lds16(sw + code_off + 2048u)};
+        u32 sp[8][2];  // [k16 step][row half]: {sf, sf}
+        bool fold = true;  // MXFP4: every scale byte of the warp's tile ≤ 127 (real checkpoints): one multiply
+        if constexpr (FMT == 0) {
+          const Vec16 v = lds16(sw + sc_off);
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-          f4g::e4m3x2_pairs(v.w[m], sp[2 * m][0], sp[2 * m][1]);
-          f4g::e4m3x2_pairs(v.w[m] >> 16, sp[2 * m + 1][0], sp[2 * m + 1][1]);
-        }
-      } else {
-        u32 w0, w1;
-        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(w0), "=r"(w1) : "r"(sw + sc_off));
-        fold = f4g::warp_all(((w0 | w1) & 0x80808080u) == 0u);
-        if (fold) {  // every byte ≤ 127: s + 126 ≤ 253 in all four bytes at once (no carries), then one byte
-                     // permute puts it at bits 8–15 and 24–31 and a shift makes the pair {2^(s−1), 2^(s−1)}
-          const u32 f0 = w0 + 0x7E7E7E7Eu, f1 = w1 + 0x7E7E7E7Eu;
-#pragma unroll
-          for (int b = 0; b < 4; ++b)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-              const u32 i = 2 * (b & 1) + hh;
-              sp[2 * b][hh] = sp[2 * b + 1][hh] = __byte_perm(b < 2 ? f0 : f1, 0u, (i << 12) | 0x400u | (i << 4) | 4u) >> 1;
-            }
+          for (int m = 0; m < 4; ++m) {
+            f4g::e4m3x2_pairs(v.w[m], sp[2 * m][0], sp[2 * m][1]);
+            f4g::e4m3x2_pairs(v.w[m] >> 16, sp[2 * m + 1][0], sp[2 * m + 1][1]);
+          }
         } else {
+          u32 w0, w1;
+          asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(w0), "=r"(w1) : "r"(sw + sc_off));
+          fold = f4g::warp_all(((w0 | w1) & 0x80808080u) == 0u);
+          if (fold) {  // every byte ≤ 127: s + 126 ≤ 253 in all four bytes at once (no carries), then one byte
+                       // permute puts it at bits 8–15 and 24–31 and a shift makes the pair {2^(s−1), 2^(s−1)}
+            const u32 f0 = w0 + 0x7E7E7E7Eu, f1 = w1 + 0x7E7E7E7Eu;
 #pragma unroll
-          for (int b = 0; b < 4; ++b)
+            for (int b = 0; b < 4; ++b)
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-              const u32 byte = ((b < 2 ? w0 : w1) >> (8 * (2 * (b & 1) + hh))) & 0xFFu;
-              sp[2 * b][hh] = sp[2 * b + 1][hh] = f4g::ue8m0_pair(byte, false);
-            }
+              for (int hh = 0; hh < 2; ++hh) {
+                const u32 i = 2 * (b & 1) + hh;
+                sp[2 * b][hh] = sp[2 * b + 1][hh] = __byte_perm(b < 2 ? f0 : f1, 0u, (i << 12) | 0x400u | (i << 4) | 4u) >> 1;
+              }
+          } else {
+#pragma unroll
+            for (int b = 0; b < 4; ++b)
+#pragma unroll
+              for (int hh = 0; hh < 2; ++hh) {
+                const u32 byte = ((b < 2 ? w0 : w1) >> (8 * (2 * (b & 1) + hh))) & 0xFFu;
+                sp[2 * b][hh] = sp[2 * b + 1][hh] = f4g::ue8m0_pair(byte, false);
+              }
+          }
         }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const Vec16& q = qh[h];
+          if (FMT == 0 || fold) {  // NVFP4: e2m1·2^−126 · sf·2^106; MXFP4 folded: e2m1·2^−126 · 2^(s−1)
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+#pragma unroll
+              for (int j = 0; j < 4; ++j) A[h][m][j] = mul_bf16x2(f4g::e2m1_pair(q.w[m], j), sp[4 * h + m][j & 1]);
+          } else {  // e2m1·2^−126 · 2^126 · 2^(s−127)
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+#pragma unroll
+              for (int j = 0; j < 4; ++j)
+                A[h][m][j] =
+                    mul_bf16x2(mul_bf16x2(f4g::e2m1_pair(q.w[m], j), f4g::kTwo126), sp[4 * h + m][j & 1]);
+          }
+          wgmma::fence_regs(acc);
+          wgmma::wgmma_fence();  // the A registers just written → the wgmmas reading them
+          // desc(sa + x) = desc(sa) + x / 16: the start-address field (bits 0–13) holds every shared address / 16
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+            const u64 db = dsa + static_cast<u32>((h * ACT_BOX + m * 32) >> 4);
+            f4g::mma_sel<HALF, N>(acc, A[h][m], db, kt > k0 || h > 0 || m > 0);
+          }
+          wgmma::wgmma_commit();
+          wgmma::wgmma_wait<1>();  // the batch before this one (the other register set) has completed
+          wgmma::fence_regs(acc);
+          if (h == 0) {  // that batch was the previous K tile's last: its stage may refill
+            if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));
+            prev = rp.s;
+          }
+        }
+        rp.next();
       }
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const Vec16& q = qh[h];
-        if (FMT == 0 || fold) {  // NVFP4: e2m1·2^−126 · sf·2^106; MXFP4 folded: e2m1·2^−126 · 2^(s−1)
-#pragma unroll
-          for (int m = 0; m < 4; ++m)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) A[h][m][j] = mul_bf16x2(f4g::e2m1_pair(q.w[m], j), sp[4 * h + m][j & 1]);
-        } else {  // e2m1·2^−126 · 2^126 · 2^(s−127)
-#pragma unroll
-          for (int m = 0; m < 4; ++m)
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-              A[h][m][j] =
-                  mul_bf16x2(mul_bf16x2(f4g::e2m1_pair(q.w[m], j), f4g::kTwo126), sp[4 * h + m][j & 1]);
-        }
-        wgmma::fence_regs(acc);
-        wgmma::wgmma_fence();  // the A registers just written → the wgmmas reading them
-        // desc(sa + x) = desc(sa) + x / 16: the start-address field (bits 0–13) holds every shared address / 16
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-          f4g::mma_ra<N>(acc, A[h][m], dsa + static_cast<u32>((h * ACT_BOX + m * 32) >> 4), kt > k0 || h > 0 || m > 0);
-        wgmma::wgmma_commit();
-        wgmma::wgmma_wait<1>();  // the batch before this one (the other register set) has completed
-        wgmma::fence_regs(acc);
-        if (h == 0) {  // that batch was the previous K tile's last: its stage may refill
-          if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));
-          prev = rp.s;
-        }
-      }
-      rp.next();
+      wgmma::wgmma_wait<0>();
+      wgmma::fence_regs(acc);
+      if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));
+    };
+    if constexpr (N == 128) {
+      if (half_tile) k_loop(f4g::Flag<true>{});
+      else k_loop(f4g::Flag<false>{});
+    } else {
+      k_loop(f4g::Flag<false>{});
     }
-    wgmma::wgmma_wait<0>();
-    wgmma::fence_regs(acc);
-    if (prev >= 0 && (tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + prev));
     pdl_wait();  // (long satisfied: the activations came after the producer's wait) the epilogue reads row_scale
 
     if (S > 1) {  // split-K: ranks > 0 publish their partials in the (drained) ring, rank 0 adds them in rank order

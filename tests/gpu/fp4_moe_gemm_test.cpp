@@ -405,6 +405,28 @@ TEST_F(Fp4MoeGemmGpu, ManyExpertsFindTheirSegments) {
   run(c);
 }
 
+// A 128-token tile with ≤ 64 rows multiplies only its first 64 tokens: segments of 64 (half), 65 (full), 192 (a
+// full tile, then a half one), 1; both formats, gated and plain; one-hot (every output one weight) and random.
+TEST_F(Fp4MoeGemmGpu, PartialTilesOf128TokensTakeTheHalfWidthPath) {
+  for (int format : {0, 1})
+    for (bool gemm1 : {true, false}) {
+      GemmCase c;
+      c.format = format;
+      c.gemm1 = gemm1;
+      c.act = gemm1 ? Fp4MoeActivation::Swiglu : Fp4MoeActivation::Identity;
+      c.rows = 256;
+      c.K = 384;
+      c.counts = {64, 65, 192, 1};
+      c.tile = 128;
+      c.row_scale = true;
+      run(c);
+      c.one_hot = true;
+      c.gemm1 = false;
+      c.act = Fp4MoeActivation::Identity;
+      run(c);
+    }
+}
+
 TEST_F(Fp4MoeGemmGpu, RowsCapZeroIsANoOp) {
   Runtime& r = rt();
   DeviceBuffer ob(r, 64);
