@@ -12,6 +12,7 @@
 // issues, per K tile, the two activation boxes and one 1-D bulk copy of the packed chunk (codes + scales,
 // kiln/fp4_moe_gemm_args.h) into a STAGES-deep mbarrier ring. Split-K (decode: too few tiles to fill the GPU): a
 // cluster of S CTAs shares a tile, each rank a contiguous K range; rank 0 sums the partials in rank order.
+// A 128-token tile with ≤ 64 rows (an expert's partial last tile) runs the K loop on m64n64k16 (half the MMA work).
 // Programmatic dependent launch (the layer): the CTA lets the next kernel start at once, finds its segment and loads
 // its first stages' weights, then waits for the previous kernel (which wrote the activations) before their boxes.
 //
