@@ -31,17 +31,16 @@ using namespace detail;
 
 enum : uint32_t { kGemm = 0, kPrepack = 1 };
 enum { P_N, P_FMT, P_ACT };  // prepack: P_FMT, P_ACT = gated (0 / 1)
-enum { C_STAGES, C_SPLIT };  // split: split-K ranks (cluster size) 1, 2 or 4; 0 = by the grid (split_for)
+enum { C_STAGES, C_SPLIT };  // split: split-K ranks (cluster size) 1, 2 or 4; 0 = by the grid (fp4_moe_gemm_split)
 
 constexpr int kMaxStages = 8;
 constexpr int kSmemLimit = 227 * 1024;
-// The shared memory a CTA may take so that the kernel's CTAs an SM (fp4_moe_gemm_ctas_per_sm: N = 16 three, N = 32
-// two, else one) fit in an SM's 228 KiB less the 1 KiB the driver reserves a CTA.
+// The shared memory a CTA may take so that the kernel's CTAs an SM (fp4_moe_gemm_ctas_per_sm) fit in an SM's 228 KiB
+// less the 1 KiB the driver reserves a CTA.
 int smem_limit(int N) {
-  const int per_sm = N == 16 ? 3 : N == 32 ? 2 : 1;
+  const int per_sm = fp4_moe_gemm_ctas_per_sm(N);
   return per_sm == 1 ? kSmemLimit : 228 * 1024 / per_sm - 1024;
 }
-int threads_of(int N) { return N <= 32 ? 288 : 384; }
 
 // A GEMM specialization with no token tile (the all-zero parameters of a family-level compile, compile_test's
 // FamiliesOutsideModelsCompile: no model config names an FP4 MoE, so the family enumerates nothing) stands for the
@@ -93,13 +92,28 @@ FamilyDef g_family{"fp4_moe_gemm", {"gemm", "prepack"}, {"N", "format", "act"}, 
 
 }  // namespace
 
-// The deepest ring (≤ 8 stages) that fits: N = 128: 4 stages (5 gated), N = 64: 8; N ≤ 32 (the kernel's two CTAs an
-// SM): within half an SM's 228 KiB less the 1 KiB the driver reserves a CTA, N = 32: 6, N = 16: 8.
+// The deepest ring (≤ 8 stages) that fits: N = 128: 4 stages (5 gated), N = 64: 8; N = 32 (two CTAs an SM): 6;
+// N = 16 (three CTAs an SM): 5.
 int detail::fp4_moe_gemm_default_stages(int token_tile, bool gated) {
   const int limit = smem_limit(token_tile);
   int st = kMaxStages;
   while (st > 2 && gemm_smem(token_tile, gated, st) > limit) --st;
   return st;
+}
+
+// Split-K ranks for `units` (token tiles × row blocks) CTAs of K tiles `k_tiles`: `forced` (1, 2 or 4) if given,
+// else the largest of 1, 2, 4 whose grid still fits the GPU in one wave (`slots` = SMs × CTAs an SM) with ≥ 4 K
+// tiles a rank — decode's few tiles (gpt-oss, one token: GEMM1 180, GEMM2 92 CTAs on 132 SMs) spread over every SM.
+// Never more ranks than K tiles (each rank needs one).
+int detail::fp4_moe_gemm_split(int64_t units, int64_t k_tiles, int64_t slots, int forced) {
+  int S = 1;
+  if (forced > 0) {
+    S = forced;
+  } else {
+    while (S < 4 && units * 2 * S <= slots && k_tiles / (2 * S) >= 4) S *= 2;
+  }
+  while (S > 1 && S > k_tiles) S /= 2;
+  return S;
 }
 
 namespace {
@@ -185,25 +199,6 @@ void check_dims(const Check& ck, const char* arg, int64_t experts, int64_t rows,
 }
 
 int64_t k_tiles_of(int64_t k) { return (k + kFp4MoeKTile - 1) / kFp4MoeKTile; }
-
-}  // namespace
-
-// Split-K ranks for `units` (token tiles × row blocks) CTAs of K tiles `k_tiles`: `forced` (1, 2 or 4) if given,
-// else the largest of 1, 2, 4 whose grid still fits the GPU in one wave (`slots` = SMs × CTAs an SM) with ≥ 4 K
-// tiles a rank — decode's few tiles (gpt-oss, one token: GEMM1 180, GEMM2 92 CTAs on 132 SMs) spread over every SM.
-// Never more ranks than K tiles (each rank needs one).
-int detail::fp4_moe_gemm_split(int64_t units, int64_t k_tiles, int64_t slots, int forced) {
-  int S = 1;
-  if (forced > 0) {
-    S = forced;
-  } else {
-    while (S < 4 && units * 2 * S <= slots && k_tiles / (2 * S) >= 4) S *= 2;
-  }
-  while (S > 1 && S > k_tiles) S /= 2;
-  return S;
-}
-
-namespace {
 int64_t row_blocks_of(int64_t rows) { return (rows + kFp4MoeBlockRows - 1) / kFp4MoeBlockRows; }
 int64_t chunk_bytes(Fp4WeightFormat f) {
   return f == Fp4WeightFormat::nvfp4 ? Fp4MoeChunk<0>::kBytes : Fp4MoeChunk<1>::kBytes;
@@ -365,8 +360,8 @@ void fp4_moe_gemm(Runtime& rt, const Fp4MoeGemmCall& c, Stream stream) {
   LaunchDims d;
   const int64_t tiles = c.tiles_cap > 0 ? std::min((c.rows_cap + N - 1) / N, c.tiles_cap) : (c.rows_cap + N - 1) / N;
   const int forced = c.split > 0 ? c.split : s.config[C_SPLIT];
-  const int per_sm = N == 16 ? 3 : N == 32 ? 2 : 1;
-  const int S = fp4_moe_gemm_split(tiles * rbs, kt, int64_t{impl.device().sm_count} * per_sm, forced);
+  const int S =
+      fp4_moe_gemm_split(tiles * rbs, kt, int64_t{impl.device().sm_count} * fp4_moe_gemm_ctas_per_sm(N), forced);
   if (tiles * rbs * S > int64_t{0x7fffffff})
     ck.invalid("rows_cap", fmt::format("expected token tiles × row blocks × split ≤ 2^31 − 1 (one grid dimension), got "
                                        "{} × {} × {}",
@@ -374,7 +369,7 @@ void fp4_moe_gemm(Runtime& rt, const Fp4MoeGemmCall& c, Stream stream) {
   d.grid[0] = static_cast<unsigned>(tiles * rbs * S);
   d.cluster[0] = static_cast<unsigned>(S);
   d.pdl = c.pdl;
-  d.block[0] = static_cast<unsigned>(threads_of(N));
+  d.block[0] = static_cast<unsigned>(fp4_moe_gemm_threads(N));
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);
 }

@@ -179,14 +179,6 @@ __device__ __forceinline__ float plain_act(float v) {
 
 }  // namespace f4g
 
-// Threads: two consumer warpgroups (threads 0–255), then the producer: one warp for N ≤ 32 (288 threads; N = 16: three
-// CTAs an SM, N = 32: two, so that the few-token grids of decode fill the GPU), a warpgroup for larger N (384; one
-// CTA an SM, registers moved to the consumers by setmaxnreg, which takes whole warpgroups).
-template <int N>
-constexpr int fp4_moe_gemm_threads() { return N <= 32 ? 288 : 384; }
-template <int N>
-constexpr int fp4_moe_gemm_ctas_per_sm() { return N == 16 ? 3 : N == 32 ? 2 : 1; }
-
 // Grid: (token tiles × row blocks) × S in one dimension, row block fastest, in clusters of S CTAs (split-K, S = the
 // cluster size, 1 without clusters): cluster rank p takes K tiles [p·KT/S, (p+1)·KT/S); after the main loop ranks
 // p > 0 leave their fp32 accumulators in their shared memory and rank 0 adds them in rank order through distributed
@@ -196,7 +188,7 @@ constexpr int fp4_moe_gemm_ctas_per_sm() { return N == 16 ? 3 : N == 32 ? 2 : 1;
 // reuse the ring. FMT 0 nvfp4, 1 mxfp4; ACT: 3 Swiglu, 4 Geglu (gated), 6 Relu2, 7 Identity (also GEMM2's plain
 // epilogue).
 template <int N, int FMT, int ACT, int STAGES>
-__global__ void __launch_bounds__(fp4_moe_gemm_threads<N>(), fp4_moe_gemm_ctas_per_sm<N>())
+__global__ void __launch_bounds__(fp4_moe_gemm_threads(N), fp4_moe_gemm_ctas_per_sm(N))
     fp4_moe_gemm_kernel(const __grid_constant__ Fp4MoeGemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(N == 16 || N == 32 || N == 64 || N == 128, "token tile: 16, 32, 64 or 128");

@@ -17,6 +17,12 @@
 namespace kiln {
 
 constexpr int kFp4MoeBlockRows = 128;  // packed rows a CTA (two consumer warpgroups of 64)
+
+// The GEMM kernel's threads for token tile N: two consumer warpgroups, then the producer — one warp for N ≤ 32, a
+// warpgroup for larger N (setmaxnreg moves registers between whole warpgroups) — and its CTAs an SM (launch bounds;
+// the host sizes the ring and the split-K grid by it): N = 16 three, N = 32 two, else one.
+constexpr int fp4_moe_gemm_threads(int N) { return N <= 32 ? 288 : 384; }
+constexpr int fp4_moe_gemm_ctas_per_sm(int N) { return N == 16 ? 3 : N == 32 ? 2 : 1; }
 constexpr int kFp4MoeKTile = 128;      // K a chunk
 constexpr int kFp4MoeCodeBytes = kFp4MoeBlockRows * kFp4MoeKTile / 2;
 
