@@ -245,6 +245,66 @@ std::vector<kiln::TensorRef> list_of(const kiln_tensor* xs, int64_t count, const
 }
 }  // namespace
 
+// ---- FP4 MoE ----------------------------------------------------------------------------------------------------
+namespace {
+kiln::Fp4WeightFormat fp4_format_of(int f, const char* op, const char* arg) {
+  if (f != 0 && f != 1)
+    throw kiln::InvalidArgument(std::string(op) + ": argument '" + arg + "': expected 0 (nvfp4) or 1 (mxfp4), got " +
+                                std::to_string(f));
+  return static_cast<kiln::Fp4WeightFormat>(f);
+}
+kiln::Fp4MoeRouteOptions fp4_route_of(const kiln_fp4_moe_route_options* o, const char* op) {
+  if (!o) throw kiln::InvalidArgument(std::string(op) + ": argument 'options': expected non-null");
+  if (o->method < 0 || o->method > 8)
+    throw kiln::InvalidArgument(std::string(op) + ": argument 'options.method': expected 0 … 8, got " +
+                                std::to_string(o->method));
+  kiln::Fp4MoeRouteOptions r;
+  r.method = static_cast<kiln::Fp4MoeRoutingMethod>(o->method);
+  r.top_k = o->top_k;
+  r.n_group = o->n_group;
+  r.topk_group = o->topk_group;
+  r.routed_scaling_factor = o->routed_scaling_factor;
+  r.norm_topk_prob = o->norm_topk_prob != 0;
+  return r;
+}
+kiln::Fp4MoeOptions fp4_options_of(const kiln_fp4_moe_options* o, const char* op) {
+  if (!o) throw kiln::InvalidArgument(std::string(op) + ": argument 'options': expected non-null");
+  kiln::Fp4MoeOptions r;
+  r.routing = fp4_route_of(&o->routing, op);
+  if (o->activation != 3 && o->activation != 4 && o->activation != 6 && o->activation != 7)
+    throw kiln::InvalidArgument(std::string(op) + ": argument 'options.activation': expected 3, 4, 6 or 7, got " +
+                                std::to_string(o->activation));
+  if (o->hidden_format < 0 || o->hidden_format > 3)
+    throw kiln::InvalidArgument(std::string(op) + ": argument 'options.hidden_format': expected 0 … 3, got " +
+                                std::to_string(o->hidden_format));
+  r.activation = static_cast<kiln::Fp4MoeActivation>(o->activation);
+  r.hidden_format = static_cast<kiln::Fp4MoeHiddenFormat>(o->hidden_format);
+  r.num_experts = o->num_experts;
+  r.local_expert_offset = o->local_expert_offset;
+  r.do_finalize = o->do_finalize != 0;
+  return r;
+}
+kiln::Fp4MoeWeights fp4_weights_of(const kiln_fp4_moe_weights& w, const char* op, const char* arg) {
+  kiln::Fp4MoeWeights r;
+  r.data = w.data;
+  r.experts = w.experts;
+  r.rows = w.rows;
+  r.k = w.k;
+  r.format = fp4_format_of(w.format, op, arg);
+  r.gated = w.gated != 0;
+  return r;
+}
+kiln::Fp4HostShape fp4_host_shape_of(const kiln_fp4_host_shape* s, const char* op) {
+  if (!s) throw kiln::InvalidArgument(std::string(op) + ": argument 'shape': expected non-null");
+  return {s->experts, s->rows, s->k, fp4_format_of(s->format, op, "shape.format"), s->gated != 0};
+}
+template <typename T>
+void put(T* out, T v, const char* op) {
+  if (!out) throw kiln::InvalidArgument(std::string(op) + ": argument 'out': expected non-null");
+  *out = v;
+}
+}  // namespace
+
 extern "C" {
 
 const char* kiln_last_error(void) { return g_last_error.c_str(); }
@@ -725,6 +785,143 @@ kiln_status kiln_fp8_gemm_prepared(kiln_runtime* rt, const kiln_tensor* a, const
     kiln::fp8_gemm(rt_of(rt), tr(a, op, "a"), a_scale ? &as : nullptr,
                    kiln::Fp8GemmWeight{const_cast<void*>(weight), n, k}, bias ? &bb : nullptr, tr(c, op, "c"),
                    st(stream));
+  });
+}
+
+
+kiln_status kiln_fp4_moe_route(kiln_runtime* rt, const kiln_tensor* logits, const kiln_tensor* bias,
+                               const kiln_tensor* topk_ids, const kiln_tensor* topk_weights,
+                               const kiln_fp4_moe_route_options* options, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp4_moe_route";
+    const kiln::Fp4MoeRouteOptions o = fp4_route_of(options, op);
+    const kiln::TensorRef b = tr(bias, op, "bias");
+    kiln::fp4_moe_route(rt_of(rt), tr(logits, op, "logits"), bias ? &b : nullptr, tr(topk_ids, op, "topk_ids"),
+                        tr(topk_weights, op, "topk_weights"), o, st(stream));
+  });
+}
+
+kiln_status kiln_fp4_moe_packed_bytes(int64_t experts, int64_t rows, int64_t k, int format, int64_t* out) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp4_moe_packed_bytes";
+    put(out, kiln::fp4_moe_packed_bytes(experts, rows, k, fp4_format_of(format, op, "format")), op);
+  });
+}
+
+kiln_status kiln_fp4_moe_prepack(kiln_runtime* rt, const kiln_tensor* weights, const kiln_tensor* scales, int format,
+                                 int gated, const kiln_tensor* packed, void* stream, kiln_fp4_moe_weights* out) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp4_moe_prepack";
+    if (!out) throw kiln::InvalidArgument(std::string(op) + ": argument 'out': expected non-null");
+    const kiln::Fp4MoeWeights w =
+        kiln::fp4_moe_prepack(rt_of(rt), tr(weights, op, "weights"), tr(scales, op, "scales"),
+                              fp4_format_of(format, op, "format"), gated != 0, tr(packed, op, "packed"), st(stream));
+    *out = kiln_fp4_moe_weights{w.data, w.experts, w.rows, w.k, static_cast<int>(w.format), w.gated ? 1 : 0};
+  });
+}
+
+kiln_status kiln_fp4_moe_max_padded_rows(kiln_runtime* rt, int64_t T, int64_t top_k, int64_t local_experts,
+                                         int64_t* out) {
+  return guarded([&] {
+    put(out, kiln::fp4_moe_max_padded_rows(rt_of(rt), T, top_k, local_experts), "kiln_fp4_moe_max_padded_rows");
+  });
+}
+
+kiln_status kiln_fp4_moe_workspace_bytes(kiln_runtime* rt, int64_t T, int64_t H, int64_t I,
+                                         const kiln_fp4_moe_options* options, int64_t local_experts, int64_t* out) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp4_moe_workspace_bytes";
+    put(out, kiln::fp4_moe_workspace_bytes(rt_of(rt), T, H, I, fp4_options_of(options, op), local_experts), op);
+  });
+}
+
+kiln_status kiln_fp4_block_scale_moe(kiln_runtime* rt, const kiln_fp4_moe_inputs* inputs,
+                                     const kiln_fp4_moe_outputs* outputs, const kiln_fp4_moe_options* options,
+                                     void* stream, const kiln_tensor* workspace) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp4_block_scale_moe";
+    if (!inputs) throw kiln::InvalidArgument(std::string(op) + ": argument 'inputs': expected non-null");
+    if (!outputs) throw kiln::InvalidArgument(std::string(op) + ": argument 'outputs': expected non-null");
+    const kiln::Fp4MoeOptions o = fp4_options_of(options, op);
+    // Optional tensors: a TensorRef each, kept alive here, passed by pointer when given.
+    struct Opt {
+      kiln::TensorRef t;
+      bool on = false;
+      const kiln::TensorRef* p() const { return on ? &t : nullptr; }
+    };
+    auto opt = [&](const kiln_tensor* c, const char* arg) { return Opt{tr(c, op, arg), c != nullptr}; };
+    const Opt rb = opt(inputs->routing_bias, "inputs.routing_bias"),
+              hs = opt(inputs->hidden_states_scale, "inputs.hidden_states_scale"),
+              pts = opt(inputs->per_token_scale, "inputs.per_token_scale"),
+              b1 = opt(inputs->gemm1_bias, "inputs.gemm1_bias"), al = opt(inputs->gemm1_alpha, "inputs.gemm1_alpha"),
+              be = opt(inputs->gemm1_beta, "inputs.gemm1_beta"),
+              cl = opt(inputs->gemm1_clamp_limit, "inputs.gemm1_clamp_limit"),
+              b2 = opt(inputs->gemm2_bias, "inputs.gemm2_bias"),
+              s1 = opt(inputs->output1_scale_scalar, "inputs.output1_scale_scalar"),
+              s1g = opt(inputs->output1_scale_gate_scalar, "inputs.output1_scale_gate_scalar"),
+              s2 = opt(inputs->output2_scale_scalar, "inputs.output2_scale_scalar"),
+              rp = opt(inputs->routing_replay_out, "inputs.routing_replay_out"),
+              out = opt(outputs->output, "outputs.output"), g2 = opt(outputs->gemm2_output, "outputs.gemm2_output"),
+              ew = opt(outputs->expert_weights, "outputs.expert_weights"),
+              ex = opt(outputs->expanded_idx_to_permuted_idx, "outputs.expanded_idx_to_permuted_idx"),
+              ws = opt(workspace, "workspace");
+    kiln::Fp4MoeInputs in;
+    in.routing_logits = tr(inputs->routing_logits, op, "inputs.routing_logits");
+    in.routing_bias = rb.p();
+    in.hidden_states = tr(inputs->hidden_states, op, "inputs.hidden_states");
+    in.hidden_states_scale = hs.p();
+    in.per_token_scale = pts.p();
+    in.w1 = fp4_weights_of(inputs->w1, op, "inputs.w1.format");
+    in.w2 = fp4_weights_of(inputs->w2, op, "inputs.w2.format");
+    in.gemm1_bias = b1.p();
+    in.gemm1_alpha = al.p();
+    in.gemm1_beta = be.p();
+    in.gemm1_clamp_limit = cl.p();
+    in.gemm2_bias = b2.p();
+    in.output1_scale_scalar = s1.p();
+    in.output1_scale_gate_scalar = s1g.p();
+    in.output2_scale_scalar = s2.p();
+    in.routing_replay_out = rp.p();
+    kiln::Fp4MoeOutputs o2;
+    o2.output = out.p();
+    o2.gemm2_output = g2.p();
+    o2.expert_weights = ew.p();
+    o2.expanded_idx_to_permuted_idx = ex.p();
+    kiln::fp4_block_scale_moe(rt_of(rt), in, o2, o, st(stream), ws.p());
+  });
+}
+
+kiln_status kiln_fp4_moe_trtllm_scale_bytes(const kiln_fp4_host_shape* shape, int64_t* out) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_fp4_moe_trtllm_scale_bytes";
+    put(out, kiln::fp4_moe_trtllm_scale_bytes(fp4_host_shape_of(shape, op)), op);
+  });
+}
+
+kiln_status kiln_fp4_moe_import_trtllm(const uint8_t* codes, const uint8_t* scales, const float* bias,
+                                       const kiln_fp4_host_shape* shape, uint8_t* out_codes, uint8_t* out_scales,
+                                       float* out_bias, int row_block) {
+  return guarded([&] {
+    kiln::fp4_moe_import_trtllm({codes, scales, bias}, fp4_host_shape_of(shape, "kiln_fp4_moe_import_trtllm"),
+                                {out_codes, out_scales, out_bias}, row_block);
+  });
+}
+
+kiln_status kiln_fp4_moe_export_trtllm(const uint8_t* codes, const uint8_t* scales, const float* bias,
+                                       const kiln_fp4_host_shape* shape, uint8_t* out_codes, uint8_t* out_scales,
+                                       float* out_bias, int row_block) {
+  return guarded([&] {
+    kiln::fp4_moe_export_trtllm({codes, scales, bias}, fp4_host_shape_of(shape, "kiln_fp4_moe_export_trtllm"),
+                                {out_codes, out_scales, out_bias}, row_block);
+  });
+}
+
+kiln_status kiln_fp4_moe_import_gpt_oss(const uint8_t* codes, const uint8_t* scales, const float* bias,
+                                        const kiln_fp4_host_shape* shape, uint8_t* out_codes, uint8_t* out_scales,
+                                        float* out_bias) {
+  return guarded([&] {
+    kiln::fp4_moe_import_gpt_oss({codes, scales, bias}, fp4_host_shape_of(shape, "kiln_fp4_moe_import_gpt_oss"),
+                                 {out_codes, out_scales, out_bias});
   });
 }
 

@@ -411,6 +411,107 @@ TEST(CApi, Fp8ErrorsNameTheArgument) {
                     KILN_ERROR_INVALID_ARGUMENT, "weight"));
 }
 
+// The FP4 MoE through the C layer: its own enum / pointer checks name the field; a valid layer call (fake device
+// pointers) passes every check and, without a driver, fails only at the device; the importers round-trip host bytes.
+TEST(CApi, Fp4MoeErrorsNameTheArgumentAndImportersRoundTrip) {
+  Handle h;
+  constexpr int64_t T = 8, E = 32, H = 256, I = 128;
+  const kiln_tensor logits = desc(KILN_F32, {T, E}), ids = desc(KILN_I32, {T, 2}), wts = desc(KILN_BF16, {T, 2}),
+                    hidden = desc(KILN_BF16, {T, H}), out = desc(KILN_BF16, {T, H});
+  kiln_fp4_moe_route_options ro{1, 2, 0, 0, 1.0f, 1};
+  kiln_fp4_moe_route_options bad_ro = ro;
+  bad_ro.method = 9;
+  EXPECT_TRUE(fails(kiln_fp4_moe_route(h.rt, &logits, nullptr, &ids, &wts, &bad_ro, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "options.method"));
+  EXPECT_TRUE(fails(kiln_fp4_moe_route(h.rt, &logits, nullptr, &ids, &wts, nullptr, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "options"));
+  const kiln_tensor ids3 = desc(KILN_I32, {T, 3});
+  EXPECT_TRUE(fails(kiln_fp4_moe_route(h.rt, &logits, nullptr, &ids3, &wts, &ro, nullptr), KILN_ERROR_SHAPE_MISMATCH,
+                    "topk_ids"));
+  int64_t n = 0;
+  EXPECT_EQ(kiln_fp4_moe_packed_bytes(2, 256, 256, 1, &n), KILN_OK) << kiln_last_error();
+  EXPECT_EQ(n, 2 * 2 * 2 * (8192 + 512));  // 2 experts × 2 row blocks × 2 K tiles × an mxfp4 chunk
+  EXPECT_TRUE(fails(kiln_fp4_moe_packed_bytes(2, 256, 256, 2, &n), KILN_ERROR_INVALID_ARGUMENT, "format"));
+  EXPECT_TRUE(fails(kiln_fp4_moe_packed_bytes(2, 256, 256, 0, nullptr), KILN_ERROR_INVALID_ARGUMENT, "out"));
+  const kiln_tensor codes = desc(KILN_U8, {E, 2 * I, H / 2}), scales = desc(KILN_U8, {E, 2 * I, H / 32}),
+                    packed = desc(KILN_U8, {int64_t{1} << 24});
+  kiln_fp4_moe_weights w1{};
+  EXPECT_TRUE(fails(kiln_fp4_moe_prepack(h.rt, &codes, &scales, 1, 1, &packed, nullptr, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "out"));
+  EXPECT_TRUE(fails(kiln_fp4_moe_prepack(h.rt, &codes, &scales, 7, 1, &packed, nullptr, &w1),
+                    KILN_ERROR_INVALID_ARGUMENT, "format"));
+  const kiln_tensor scales16 = desc(KILN_U8, {E, 2 * I, H / 16});
+  EXPECT_TRUE(fails(kiln_fp4_moe_prepack(h.rt, &codes, &scales16, 1, 1, &packed, nullptr, &w1),
+                    KILN_ERROR_SHAPE_MISMATCH, "scales"));
+
+  kiln_fp4_moe_options o{ro, 3, 0, E, 0, 1};
+  kiln_fp4_moe_inputs in{};
+  in.routing_logits = &logits;
+  in.hidden_states = &hidden;
+  in.w1 = kiln_fp4_moe_weights{kFake, E, 2 * I, H, 1, 1};
+  in.w2 = kiln_fp4_moe_weights{kFake, E, H, I, 1, 0};
+  const kiln_fp4_moe_outputs outs{&out, nullptr, nullptr, nullptr};
+  EXPECT_EQ(kiln_fp4_moe_max_padded_rows(h.rt, T, 2, E, &n), KILN_OK) << kiln_last_error();
+  EXPECT_GE(n, T * 2);
+  EXPECT_EQ(kiln_fp4_moe_workspace_bytes(h.rt, T, H, I, &o, E, &n), KILN_OK) << kiln_last_error();
+  EXPECT_GT(n, 0);
+  for (int bad : {0, 5, 8}) {
+    kiln_fp4_moe_options b = o;
+    b.activation = bad;
+    EXPECT_TRUE(fails(kiln_fp4_block_scale_moe(h.rt, &in, &outs, &b, nullptr, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                      "options.activation"))
+        << bad;
+  }
+  kiln_fp4_moe_options bh = o;
+  bh.hidden_format = 4;
+  EXPECT_TRUE(fails(kiln_fp4_block_scale_moe(h.rt, &in, &outs, &bh, nullptr, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                    "options.hidden_format"));
+  EXPECT_TRUE(fails(kiln_fp4_block_scale_moe(h.rt, nullptr, &outs, &o, nullptr, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                    "inputs"));
+  kiln_fp4_moe_inputs bad_in = in;
+  bad_in.w2.format = 3;
+  EXPECT_TRUE(fails(kiln_fp4_block_scale_moe(h.rt, &bad_in, &outs, &o, nullptr, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                    "inputs.w2.format"));
+  const kiln_tensor hidden_bad = desc(KILN_BF16, {T + 1, H});
+  bad_in = in;
+  bad_in.hidden_states = &hidden_bad;
+  EXPECT_NE(kiln_fp4_block_scale_moe(h.rt, &bad_in, &outs, &o, nullptr, nullptr), KILN_OK);
+  EXPECT_NE(std::string(kiln_last_error()).find("hidden_states"), std::string::npos) << kiln_last_error();
+  if (!kiln::detail::driver_available()) {
+    EXPECT_EQ(kiln_fp4_block_scale_moe(h.rt, &in, &outs, &o, nullptr, nullptr), KILN_ERROR_DEVICE) << kiln_last_error();
+    EXPECT_EQ(kiln_fp4_moe_route(h.rt, &logits, nullptr, &ids, &wts, &ro, nullptr), KILN_ERROR_DEVICE)
+        << kiln_last_error();
+  }
+
+  // Importers: export then import through the C layer gives the bytes back; bad row_block named.
+  const kiln_fp4_host_shape sh{2, 64, 64, 0, 1};
+  int64_t sb = 0;
+  ASSERT_EQ(kiln_fp4_moe_trtllm_scale_bytes(&sh, &sb), KILN_OK) << kiln_last_error();
+  EXPECT_EQ(sb, 2 * 512 * 1);  // 2 experts × ⌈64/128⌉ × ⌈4/4⌉ × 512
+  std::vector<uint8_t> c(2 * 64 * 32), sc(2 * 64 * 4), c2(c.size()), s2(sb), c3(c.size()), s3(sc.size());
+  std::vector<float> bias(2 * 64), b2(bias.size()), b3(bias.size());
+  for (size_t i = 0; i < c.size(); ++i) c[i] = static_cast<uint8_t>(i * 7 + 1);
+  for (size_t i = 0; i < sc.size(); ++i) sc[i] = static_cast<uint8_t>(i * 3 + 2);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = static_cast<float>(i);
+  ASSERT_EQ(kiln_fp4_moe_export_trtllm(c.data(), sc.data(), bias.data(), &sh, c2.data(), s2.data(), b2.data(), 32),
+            KILN_OK)
+      << kiln_last_error();
+  ASSERT_EQ(kiln_fp4_moe_import_trtllm(c2.data(), s2.data(), b2.data(), &sh, c3.data(), s3.data(), b3.data(), 32),
+            KILN_OK)
+      << kiln_last_error();
+  EXPECT_EQ(c3, c);
+  EXPECT_EQ(s3, sc);
+  EXPECT_EQ(b3, bias);
+  EXPECT_NE(c2, c);
+  EXPECT_TRUE(fails(kiln_fp4_moe_import_trtllm(c2.data(), s2.data(), nullptr, &sh, c3.data(), s3.data(), nullptr, 24),
+                    KILN_ERROR_INVALID_ARGUMENT, "row_block"));
+  EXPECT_TRUE(fails(kiln_fp4_moe_import_gpt_oss(c.data(), sc.data(), nullptr, nullptr, c3.data(), s3.data(), nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "shape"));
+  const kiln_fp4_host_shape plain{2, 64, 64, 0, 0};
+  EXPECT_TRUE(fails(kiln_fp4_moe_import_gpt_oss(c.data(), sc.data(), nullptr, &plain, c3.data(), s3.data(), nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "shape.gated"));
+}
+
 TEST(CApi, ValidCallWithoutADriverIsADeviceError) {
   if (kiln::detail::driver_available()) GTEST_SKIP() << "a driver is present";
   Handle h;

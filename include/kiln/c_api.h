@@ -314,6 +314,70 @@ kiln_status kiln_fp8_gemm_prepared(kiln_runtime* rt, const kiln_tensor* a, const
                                    const void* weight, int64_t n, int64_t k, const kiln_tensor* bias,
                                    const kiln_tensor* c, void* stream);
 
+/* ---- FP4 block-scaled fused MoE (kiln/ops/fp4_moe.hpp; W4A16 on sm_90a, elsewhere KILN_ERROR_DEVICE) -----------
+ * Enum values as in C++: format 0 nvfp4, 1 mxfp4; routing method 0 … 8 (kiln::Fp4MoeRoutingMethod); activation
+ * 3 Swiglu, 4 Geglu, 6 Relu2, 7 Identity; hidden_format 0 bf16, 1 nvfp4, 2 mxfp8, 3 e4m3. Out-of-range values:
+ * KILN_ERROR_INVALID_ARGUMENT naming the field. */
+typedef struct kiln_fp4_moe_route_options {
+  int method, top_k, n_group, topk_group;
+  float routed_scaling_factor;
+  int norm_topk_prob;
+} kiln_fp4_moe_route_options;
+/* A prepacked weight tensor (kiln::Fp4MoeWeights), as kiln_fp4_moe_prepack fills it. */
+typedef struct kiln_fp4_moe_weights {
+  const void* data;
+  int64_t experts, rows, k;
+  int format, gated;
+} kiln_fp4_moe_weights;
+/* The layer's inputs (kiln::Fp4MoeInputs): optional tensors NULL when absent. */
+typedef struct kiln_fp4_moe_inputs {
+  const kiln_tensor *routing_logits, *routing_bias, *hidden_states, *hidden_states_scale, *per_token_scale;
+  kiln_fp4_moe_weights w1, w2;
+  const kiln_tensor *gemm1_bias, *gemm1_alpha, *gemm1_beta, *gemm1_clamp_limit, *gemm2_bias;
+  const kiln_tensor *output1_scale_scalar, *output1_scale_gate_scalar, *output2_scale_scalar, *routing_replay_out;
+} kiln_fp4_moe_inputs;
+typedef struct kiln_fp4_moe_options {
+  kiln_fp4_moe_route_options routing;
+  int activation, hidden_format;
+  int64_t num_experts, local_expert_offset;
+  int do_finalize;
+} kiln_fp4_moe_options;
+typedef struct kiln_fp4_moe_outputs {
+  const kiln_tensor *output, *gemm2_output, *expert_weights, *expanded_idx_to_permuted_idx;
+} kiln_fp4_moe_outputs;
+
+kiln_status kiln_fp4_moe_route(kiln_runtime* rt, const kiln_tensor* logits, const kiln_tensor* bias,
+                               const kiln_tensor* topk_ids, const kiln_tensor* topk_weights,
+                               const kiln_fp4_moe_route_options* options, void* stream);
+kiln_status kiln_fp4_moe_packed_bytes(int64_t experts, int64_t rows, int64_t k, int format, int64_t* out);
+kiln_status kiln_fp4_moe_prepack(kiln_runtime* rt, const kiln_tensor* weights, const kiln_tensor* scales, int format,
+                                 int gated, const kiln_tensor* packed, void* stream, kiln_fp4_moe_weights* out);
+kiln_status kiln_fp4_moe_max_padded_rows(kiln_runtime* rt, int64_t T, int64_t top_k, int64_t local_experts,
+                                         int64_t* out);
+kiln_status kiln_fp4_moe_workspace_bytes(kiln_runtime* rt, int64_t T, int64_t H, int64_t I,
+                                         const kiln_fp4_moe_options* options, int64_t local_experts, int64_t* out);
+/* workspace: NULL (the runtime's scratch) or u8 [kiln_fp4_moe_workspace_bytes]. */
+kiln_status kiln_fp4_block_scale_moe(kiln_runtime* rt, const kiln_fp4_moe_inputs* inputs,
+                                     const kiln_fp4_moe_outputs* outputs, const kiln_fp4_moe_options* options,
+                                     void* stream, const kiln_tensor* workspace);
+
+/* kiln/ops/fp4_moe_import.hpp: host-memory importers into the canonical layout (no GPU; rt not needed). codes,
+ * scales, bias: host pointers (bias may be NULL; then out_bias is not written). row_block 16 or 32. */
+typedef struct kiln_fp4_host_shape {
+  int64_t experts, rows, k;
+  int format, gated;
+} kiln_fp4_host_shape;
+kiln_status kiln_fp4_moe_trtllm_scale_bytes(const kiln_fp4_host_shape* shape, int64_t* out);
+kiln_status kiln_fp4_moe_import_trtllm(const uint8_t* codes, const uint8_t* scales, const float* bias,
+                                       const kiln_fp4_host_shape* shape, uint8_t* out_codes, uint8_t* out_scales,
+                                       float* out_bias, int row_block);
+kiln_status kiln_fp4_moe_export_trtllm(const uint8_t* codes, const uint8_t* scales, const float* bias,
+                                       const kiln_fp4_host_shape* shape, uint8_t* out_codes, uint8_t* out_scales,
+                                       float* out_bias, int row_block);
+kiln_status kiln_fp4_moe_import_gpt_oss(const uint8_t* codes, const uint8_t* scales, const float* bias,
+                                        const kiln_fp4_host_shape* shape, uint8_t* out_codes, uint8_t* out_scales,
+                                        float* out_bias);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,6 +5,7 @@
 #include "kiln/model.hpp"
 #include "kiln/ops/fp4.hpp"
 #include "kiln/ops/fp4_moe.hpp"
+#include "kiln/ops/fp4_moe_import.hpp"
 #include "kiln/ops/fp8.hpp"
 #include "kiln/ops/fp8_gemm.hpp"
 #include "kiln/ops/fp8_linear.hpp"
