@@ -12,6 +12,7 @@
 
 #include "kiln/c_api.h"
 #include "kiln/ops/batch_reduce.hpp"
+#include "kiln/ops/fp4_moe.hpp"
 #include "kiln/ops/fp8.hpp"
 #include "kiln/ops/fp8_gemm.hpp"
 #include "kiln/ops/gated_mlp.hpp"
@@ -592,6 +593,91 @@ TEST_F(CApiGpu, FusedGatedMlpEqualsTheCppOp) {
     else
       ASSERT_NE(first, bytes) << "silu and gelu wrote the same bytes";
   }
+}
+
+// The FP4 MoE: prepack, routing and the whole layer through the C entry points write the C++ ops' bytes (session 33;
+// written without a GPU run in that session).
+TEST_F(CApiGpu, Fp4MoeEqualsTheCppOps) {
+  Runtime& r = rt();
+  if (r.impl().device().arch.sm != 90) GTEST_SKIP() << "not an sm_90 device (the FP4 MoE GEMM needs wgmma)";
+  constexpr int64_t T = 37, E = 32, K = 4, H = 256, I = 128;
+  // Weights: random codes, UE8M0 scales 120 … 127 (mxfp4), canonical layout.
+  auto bytes = [](int64_t n, uint64_t seed, int lo, int span) {
+    std::vector<uint8_t> v(static_cast<size_t>(n));
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (auto& b : v) b = static_cast<uint8_t>(lo + ((x = x * 6364136223846793005ull + 1442695040888963407ull) >> 33) % span);
+    return v;
+  };
+  DeviceBuffer c1(r, E * 2 * I * H / 2), s1(r, E * 2 * I * H / 32), c2(r, E * H * I / 2), s2(r, E * H * I / 32);
+  c1.upload(bytes(E * 2 * I * H / 2, 1, 0, 256));
+  s1.upload(bytes(E * 2 * I * H / 32, 2, 120, 8));
+  c2.upload(bytes(E * H * I / 2, 3, 0, 256));
+  s2.upload(bytes(E * H * I / 32, 4, 120, 8));
+  const int64_t p1 = fp4_moe_packed_bytes(E, 2 * I, H, Fp4WeightFormat::mxfp4),
+                p2 = fp4_moe_packed_bytes(E, H, I, Fp4WeightFormat::mxfp4);
+  Pair pk1(r, p1), pk2(r, p2);
+  const Fp4MoeWeights w1 = fp4_moe_prepack(r, c1.ref(DType::u8, {E, 2 * I, H / 2}), s1.ref(DType::u8, {E, 2 * I, H / 32}),
+                                           Fp4WeightFormat::mxfp4, true, pk1.cpp.ref(DType::u8, {p1}), nullptr);
+  const Fp4MoeWeights w2 = fp4_moe_prepack(r, c2.ref(DType::u8, {E, H, I / 2}), s2.ref(DType::u8, {E, H, I / 32}),
+                                           Fp4WeightFormat::mxfp4, false, pk2.cpp.ref(DType::u8, {p2}), nullptr);
+  kiln_fp4_moe_weights cw1{}, cw2{};
+  {
+    const kiln_tensor cc1 = ct(c1, KILN_U8, {E, 2 * I, H / 2}), cs1 = ct(s1, KILN_U8, {E, 2 * I, H / 32}),
+                      cc2 = ct(c2, KILN_U8, {E, H, I / 2}), cs2 = ct(s2, KILN_U8, {E, H, I / 32}),
+                      cp1 = ct(pk1.c, KILN_U8, {p1}), cp2 = ct(pk2.c, KILN_U8, {p2});
+    ASSERT_EQ(kiln_fp4_moe_prepack(crt_, &cc1, &cs1, 1, 1, &cp1, nullptr, &cw1), KILN_OK) << kiln_last_error();
+    ASSERT_EQ(kiln_fp4_moe_prepack(crt_, &cc2, &cs2, 1, 0, &cp2, nullptr, &cw2), KILN_OK) << kiln_last_error();
+  }
+  synchronize();
+  ASSERT_TRUE(pk1.same("prepacked w1"));
+  ASSERT_TRUE(pk2.same("prepacked w2"));
+  EXPECT_EQ(cw1.rows, 2 * I);
+  EXPECT_EQ(cw1.gated, 1);
+  EXPECT_EQ(cw2.k, I);
+
+  const DeviceBuffer logits = random_buffer(T * E, 91, DType::f32), hidden = random_buffer(T * H, 92, DType::bf16);
+  const kiln_tensor cl = ct(logits, KILN_F32, {T, E}), ch = ct(hidden, KILN_BF16, {T, H});
+  // Routing alone.
+  Fp4MoeRouteOptions ro;
+  ro.method = Fp4MoeRoutingMethod::Renormalize;
+  ro.top_k = static_cast<int>(K);
+  Pair ids(r, T * K * 4), wts(r, T * K * 2);
+  fp4_moe_route(r, logits.ref(DType::f32, {T, E}), nullptr, ids.cpp.ref(DType::i32, {T, K}),
+                wts.cpp.ref(DType::bf16, {T, K}), ro, nullptr);
+  const kiln_fp4_moe_route_options cro{1, static_cast<int>(K), 0, 0, 1.0f, 1};
+  const kiln_tensor cids = ct(ids.c, KILN_I32, {T, K}), cwts = ct(wts.c, KILN_BF16, {T, K});
+  ASSERT_EQ(kiln_fp4_moe_route(crt_, &cl, nullptr, &cids, &cwts, &cro, nullptr), KILN_OK) << kiln_last_error();
+  synchronize();
+  ASSERT_TRUE(ids.same("topk_ids"));
+  ASSERT_TRUE(wts.same("topk_weights"));
+
+  // The layer, each side on its own prepacked weights (equal bytes).
+  Pair out(r, T * H * 2);
+  Fp4MoeInputs in;
+  in.routing_logits = logits.ref(DType::f32, {T, E});
+  in.hidden_states = hidden.ref(DType::bf16, {T, H});
+  in.w1 = w1;
+  in.w2 = w2;
+  Fp4MoeOptions o;
+  o.routing = ro;
+  o.num_experts = E;
+  const TensorRef oref = out.cpp.ref(DType::bf16, {T, H});
+  Fp4MoeOutputs outs;
+  outs.output = &oref;
+  fp4_block_scale_moe(r, in, outs, o, nullptr);
+  kiln_fp4_moe_inputs cin{};
+  cin.routing_logits = &cl;
+  cin.hidden_states = &ch;
+  cin.w1 = cw1;
+  cin.w2 = cw2;
+  const kiln_fp4_moe_options co{cro, 3, 0, E, 0, 1};
+  const kiln_tensor cout = ct(out.c, KILN_BF16, {T, H});
+  const kiln_fp4_moe_outputs couts{&cout, nullptr, nullptr, nullptr};
+  ASSERT_EQ(kiln_fp4_block_scale_moe(crt_, &cin, &couts, &co, nullptr, nullptr), KILN_OK) << kiln_last_error();
+  synchronize();
+  ASSERT_TRUE(out.same("fp4_block_scale_moe output"));
+  const auto ob = out.c.download<uint8_t>(out.c.bytes());
+  ASSERT_NE(std::count(ob.begin(), ob.end(), DeviceBuffer::kPoison), static_cast<std::ptrdiff_t>(ob.size()));
 }
 
 // quantize_fp8, dequantize_fp8, fp8_gemm (float inputs: quantized inside) and a prepared weight with a bias: the C
