@@ -17,34 +17,32 @@ namespace {
 int64_t block_of(Fp4WeightFormat f) { return f == Fp4WeightFormat::nvfp4 ? 16 : 32; }
 
 using detail::Check;
-[[noreturn]] void fail_shape(const char* fn, const char* arg, const std::string& msg) { Check{fn}.shape_error(arg, msg); }
-[[noreturn]] void fail_arg(const char* fn, const char* arg, const std::string& msg) { Check{fn}.invalid(arg, msg); }
 
 // The shape's sizes checked (typed errors naming the field); returns the scale columns C = k / B.
-int64_t check_shape(const char* fn, const Fp4HostShape& s, bool need_gated) {
+int64_t check_shape(const Check& ck, const Fp4HostShape& s, bool need_gated) {
   if (s.format != Fp4WeightFormat::nvfp4 && s.format != Fp4WeightFormat::mxfp4)
-    fail_arg(fn, "shape.format", fmt::format("expected nvfp4 (0) or mxfp4 (1), got {}", static_cast<int>(s.format)));
+    ck.invalid("shape.format", fmt::format("expected nvfp4 (0) or mxfp4 (1), got {}", static_cast<int>(s.format)));
   const int64_t B = block_of(s.format);
-  if (s.experts < 1) fail_shape(fn, "shape.experts", fmt::format("expected ≥ 1, got {}", s.experts));
-  if (s.rows < 1) fail_shape(fn, "shape.rows", fmt::format("expected ≥ 1, got {}", s.rows));
+  if (s.experts < 1) ck.shape_error("shape.experts", fmt::format("expected ≥ 1, got {}", s.experts));
+  if (s.rows < 1) ck.shape_error("shape.rows", fmt::format("expected ≥ 1, got {}", s.rows));
   if (s.k < B || s.k % B != 0)
-    fail_shape(fn, "shape.k", fmt::format("expected a positive multiple of {} (the scale block), got {}", B, s.k));
-  if (need_gated && !s.gated) fail_arg(fn, "shape.gated", "expected true (a gated GEMM1 with rows = 2I)");
-  if (s.gated && s.rows % 2 != 0) fail_shape(fn, "shape.rows", fmt::format("expected 2I (even) when gated, got {}", s.rows));
+    ck.shape_error("shape.k", fmt::format("expected a positive multiple of {} (the scale block), got {}", B, s.k));
+  if (need_gated && !s.gated) ck.invalid("shape.gated", "expected true (a gated GEMM1 with rows = 2I)");
+  if (s.gated && s.rows % 2 != 0) ck.shape_error("shape.rows", fmt::format("expected 2I (even) when gated, got {}", s.rows));
   const int64_t limit = int64_t{1} << 40;
   if (s.experts > limit / s.rows || s.experts * s.rows > limit / s.k)
-    fail_shape(fn, "shape", fmt::format("expected experts × rows × k ≤ 2^40, got {} × {} × {}", s.experts, s.rows, s.k));
+    ck.shape_error("shape", fmt::format("expected experts × rows × k ≤ 2^40, got {} × {} × {}", s.experts, s.rows, s.k));
   return s.k / B;
 }
 
-void check_in(const char* fn, const char* name, const Fp4HostWeights& w) {
-  if (w.codes == nullptr) fail_arg(fn, name, "expected codes non-null");
-  if (w.scales == nullptr) fail_arg(fn, name, "expected scales non-null");
+void check_in(const Check& ck, const char* name, const Fp4HostWeights& w) {
+  if (w.codes == nullptr) ck.invalid(name, "expected codes non-null");
+  if (w.scales == nullptr) ck.invalid(name, "expected scales non-null");
 }
-void check_out(const char* fn, const Fp4HostWeightsOut& o, bool bias) {
-  if (o.codes == nullptr) fail_arg(fn, "out.codes", "expected non-null");
-  if (o.scales == nullptr) fail_arg(fn, "out.scales", "expected non-null");
-  if (bias && o.bias == nullptr) fail_arg(fn, "out.bias", "expected non-null: the input has a bias");
+void check_out(const Check& ck, const Fp4HostWeightsOut& o, bool bias) {
+  if (o.codes == nullptr) ck.invalid("out.codes", "expected non-null");
+  if (o.scales == nullptr) ck.invalid("out.scales", "expected non-null");
+  if (bias && o.bias == nullptr) ck.invalid("out.bias", "expected non-null: the input has a bias");
 }
 
 // Copies row `from` of expert e of the input's codes and bias into row `to` of the output's (the scales are
@@ -73,14 +71,14 @@ int64_t swizzled(int64_t e, int64_t r, int64_t c, int64_t R, int64_t C) {
   return e * rp * cp * 512 + (r / 128) * cp * 512 + (c / 4) * 512 + (r % 32) * 16 + ((r % 128) / 32) * 4 + c % 4;
 }
 
-void trtllm(const char* fn, const Fp4HostWeights& in, const Fp4HostShape& s, const Fp4HostWeightsOut& out, int rb,
+void trtllm(const Check& ck, const Fp4HostWeights& in, const Fp4HostShape& s, const Fp4HostWeightsOut& out, int rb,
             bool to_trtllm) {
-  const int64_t C = check_shape(fn, s, false);
-  if (rb != 16 && rb != 32) fail_arg(fn, "row_block", fmt::format("expected 16 or 32, got {}", rb));
+  const int64_t C = check_shape(ck, s, false);
+  if (rb != 16 && rb != 32) ck.invalid("row_block", fmt::format("expected 16 or 32, got {}", rb));
   if (s.rows % rb != 0)
-    fail_shape(fn, "shape.rows", fmt::format("expected a multiple of row_block = {}, got {}", rb, s.rows));
-  check_in(fn, "in", in);
-  check_out(fn, out, in.bias != nullptr);
+    ck.shape_error("shape.rows", fmt::format("expected a multiple of row_block = {}, got {}", rb, s.rows));
+  check_in(ck, "in", in);
+  check_out(ck, out, in.bias != nullptr);
   if (to_trtllm) std::memset(out.scales, 0, static_cast<size_t>(fp4_moe_trtllm_scale_bytes(s)));  // padding 0
   const RowCopy rc{in, out, s.rows, s.k / 2};
   for (int64_t e = 0; e < s.experts; ++e)
@@ -97,25 +95,25 @@ void trtllm(const char* fn, const Fp4HostWeights& in, const Fp4HostShape& s, con
 }  // namespace
 
 int64_t fp4_moe_trtllm_scale_bytes(const Fp4HostShape& s) {
-  const int64_t C = check_shape("fp4_moe_trtllm_scale_bytes", s, false);
+  const int64_t C = check_shape(Check{"fp4_moe_trtllm_scale_bytes"}, s, false);
   return s.experts * ((s.rows + 127) / 128) * ((C + 3) / 4) * 512;
 }
 
 void fp4_moe_import_trtllm(const Fp4HostWeights& in, const Fp4HostShape& shape, const Fp4HostWeightsOut& out,
                            int row_block) {
-  trtllm("fp4_moe_import_trtllm", in, shape, out, row_block, false);
+  trtllm(Check{"fp4_moe_import_trtllm"}, in, shape, out, row_block, false);
 }
 
 void fp4_moe_export_trtllm(const Fp4HostWeights& in, const Fp4HostShape& shape, const Fp4HostWeightsOut& out,
                            int row_block) {
-  trtllm("fp4_moe_export_trtllm", in, shape, out, row_block, true);
+  trtllm(Check{"fp4_moe_export_trtllm"}, in, shape, out, row_block, true);
 }
 
 void fp4_moe_import_gpt_oss(const Fp4HostWeights& in, const Fp4HostShape& s, const Fp4HostWeightsOut& out) {
-  const char* fn = "fp4_moe_import_gpt_oss";
-  const int64_t C = check_shape(fn, s, true);
-  check_in(fn, "in", in);
-  check_out(fn, out, in.bias != nullptr);
+  const Check ck{"fp4_moe_import_gpt_oss"};
+  const int64_t C = check_shape(ck, s, true);
+  check_in(ck, "in", in);
+  check_out(ck, out, in.bias != nullptr);
   const RowCopy rc{in, out, s.rows, s.k / 2};
   const int64_t I = s.rows / 2;
   for (int64_t e = 0; e < s.experts; ++e)
@@ -128,13 +126,13 @@ void fp4_moe_import_gpt_oss(const Fp4HostWeights& in, const Fp4HostShape& s, con
 
 void fp4_moe_import_w1_w3(const Fp4HostWeights& w1, const Fp4HostWeights& w3, const Fp4HostShape& s,
                           const Fp4HostWeightsOut& out) {
-  const char* fn = "fp4_moe_import_w1_w3";
-  const int64_t C = check_shape(fn, s, true);
-  check_in(fn, "w1", w1);
-  check_in(fn, "w3", w3);
+  const Check ck{"fp4_moe_import_w1_w3"};
+  const int64_t C = check_shape(ck, s, true);
+  check_in(ck, "w1", w1);
+  check_in(ck, "w3", w3);
   if ((w1.bias == nullptr) != (w3.bias == nullptr))
-    fail_arg(fn, w1.bias == nullptr ? "w1.bias" : "w3.bias", "expected both biases or neither");
-  check_out(fn, out, w1.bias != nullptr);
+    ck.invalid(w1.bias == nullptr ? "w1.bias" : "w3.bias", "expected both biases or neither");
+  check_out(ck, out, w1.bias != nullptr);
   const int64_t I = s.rows / 2, cb = s.k / 2;
   for (int64_t e = 0; e < s.experts; ++e)
     for (int64_t r = 0; r < s.rows; ++r) {  // canonical [w3 (up); w1 (gate)]

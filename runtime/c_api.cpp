@@ -247,61 +247,42 @@ std::vector<kiln::TensorRef> list_of(const kiln_tensor* xs, int64_t count, const
 
 // ---- FP4 MoE ----------------------------------------------------------------------------------------------------
 namespace {
-kiln::Fp4WeightFormat fp4_format_of(int f, const char* op, const char* arg) {
-  if (f != 0 && f != 1)
-    throw kiln::InvalidArgument(std::string(op) + ": argument '" + arg + "': expected 0 (nvfp4) or 1 (mxfp4), got " +
-                                std::to_string(f));
-  return static_cast<kiln::Fp4WeightFormat>(f);
-}
-kiln::Fp4MoeRouteOptions fp4_route_of(const kiln_fp4_moe_route_options* o, const char* op) {
-  if (!o) throw kiln::InvalidArgument(std::string(op) + ": argument 'options': expected non-null");
-  if (o->method < 0 || o->method > 8)
-    throw kiln::InvalidArgument(std::string(op) + ": argument 'options.method': expected 0 … 8, got " +
-                                std::to_string(o->method));
+// The FP4 MoE's C structs as the C++ ones. Enum values pass through unchecked (the ops reject out-of-range ones,
+// naming the argument); a NULL struct pointer is rejected here.
+kiln::Fp4WeightFormat fp4_format_of(int f) { return static_cast<kiln::Fp4WeightFormat>(f); }
+kiln::Fp4MoeRouteOptions fp4_route_of(const kiln_fp4_moe_route_options& o) {
   kiln::Fp4MoeRouteOptions r;
-  r.method = static_cast<kiln::Fp4MoeRoutingMethod>(o->method);
-  r.top_k = o->top_k;
-  r.n_group = o->n_group;
-  r.topk_group = o->topk_group;
-  r.routed_scaling_factor = o->routed_scaling_factor;
-  r.norm_topk_prob = o->norm_topk_prob != 0;
+  r.method = static_cast<kiln::Fp4MoeRoutingMethod>(o.method);
+  r.top_k = o.top_k;
+  r.n_group = o.n_group;
+  r.topk_group = o.topk_group;
+  r.routed_scaling_factor = o.routed_scaling_factor;
+  r.norm_topk_prob = o.norm_topk_prob != 0;
   return r;
 }
-kiln::Fp4MoeOptions fp4_options_of(const kiln_fp4_moe_options* o, const char* op) {
-  if (!o) throw kiln::InvalidArgument(std::string(op) + ": argument 'options': expected non-null");
+kiln::Fp4MoeOptions fp4_options_of(const kiln_fp4_moe_options& o) {
   kiln::Fp4MoeOptions r;
-  r.routing = fp4_route_of(&o->routing, op);
-  if (o->activation != 3 && o->activation != 4 && o->activation != 6 && o->activation != 7)
-    throw kiln::InvalidArgument(std::string(op) + ": argument 'options.activation': expected 3, 4, 6 or 7, got " +
-                                std::to_string(o->activation));
-  if (o->hidden_format < 0 || o->hidden_format > 3)
-    throw kiln::InvalidArgument(std::string(op) + ": argument 'options.hidden_format': expected 0 … 3, got " +
-                                std::to_string(o->hidden_format));
-  r.activation = static_cast<kiln::Fp4MoeActivation>(o->activation);
-  r.hidden_format = static_cast<kiln::Fp4MoeHiddenFormat>(o->hidden_format);
-  r.num_experts = o->num_experts;
-  r.local_expert_offset = o->local_expert_offset;
-  r.do_finalize = o->do_finalize != 0;
+  r.routing = fp4_route_of(o.routing);
+  r.activation = static_cast<kiln::Fp4MoeActivation>(o.activation);
+  r.hidden_format = static_cast<kiln::Fp4MoeHiddenFormat>(o.hidden_format);
+  r.num_experts = o.num_experts;
+  r.local_expert_offset = o.local_expert_offset;
+  r.do_finalize = o.do_finalize != 0;
   return r;
 }
-kiln::Fp4MoeWeights fp4_weights_of(const kiln_fp4_moe_weights& w, const char* op, const char* arg) {
+kiln::Fp4MoeWeights fp4_weights_of(const kiln_fp4_moe_weights& w) {
   kiln::Fp4MoeWeights r;
   r.data = w.data;
   r.experts = w.experts;
   r.rows = w.rows;
   r.k = w.k;
-  r.format = fp4_format_of(w.format, op, arg);
+  r.format = fp4_format_of(w.format);
   r.gated = w.gated != 0;
   return r;
 }
 kiln::Fp4HostShape fp4_host_shape_of(const kiln_fp4_host_shape* s, const char* op) {
-  if (!s) throw kiln::InvalidArgument(std::string(op) + ": argument 'shape': expected non-null");
-  return {s->experts, s->rows, s->k, fp4_format_of(s->format, op, "shape.format"), s->gated != 0};
-}
-template <typename T>
-void put(T* out, T v, const char* op) {
-  if (!out) throw kiln::InvalidArgument(std::string(op) + ": argument 'out': expected non-null");
-  *out = v;
+  const kiln_fp4_host_shape& h = need(s, op, "shape", "a kiln_fp4_host_shape");
+  return {h.experts, h.rows, h.k, fp4_format_of(h.format), h.gated != 0};
 }
 }  // namespace
 
@@ -794,7 +775,7 @@ kiln_status kiln_fp4_moe_route(kiln_runtime* rt, const kiln_tensor* logits, cons
                                const kiln_fp4_moe_route_options* options, void* stream) {
   return guarded([&] {
     constexpr const char* op = "kiln_fp4_moe_route";
-    const kiln::Fp4MoeRouteOptions o = fp4_route_of(options, op);
+    const kiln::Fp4MoeRouteOptions o = fp4_route_of(need(options, op, "options", "a kiln_fp4_moe_route_options"));
     const kiln::TensorRef b = tr(bias, op, "bias");
     kiln::fp4_moe_route(rt_of(rt), tr(logits, op, "logits"), bias ? &b : nullptr, tr(topk_ids, op, "topk_ids"),
                         tr(topk_weights, op, "topk_weights"), o, st(stream));
@@ -803,8 +784,7 @@ kiln_status kiln_fp4_moe_route(kiln_runtime* rt, const kiln_tensor* logits, cons
 
 kiln_status kiln_fp4_moe_packed_bytes(int64_t experts, int64_t rows, int64_t k, int format, int64_t* out) {
   return guarded([&] {
-    constexpr const char* op = "kiln_fp4_moe_packed_bytes";
-    put(out, kiln::fp4_moe_packed_bytes(experts, rows, k, fp4_format_of(format, op, "format")), op);
+    put(out, "kiln_fp4_moe_packed_bytes", [&] { return kiln::fp4_moe_packed_bytes(experts, rows, k, fp4_format_of(format)); });
   });
 }
 
@@ -812,10 +792,10 @@ kiln_status kiln_fp4_moe_prepack(kiln_runtime* rt, const kiln_tensor* weights, c
                                  int gated, const kiln_tensor* packed, void* stream, kiln_fp4_moe_weights* out) {
   return guarded([&] {
     constexpr const char* op = "kiln_fp4_moe_prepack";
-    if (!out) throw kiln::InvalidArgument(std::string(op) + ": argument 'out': expected non-null");
+    need(out, op, "out", "a pointer");
     const kiln::Fp4MoeWeights w =
-        kiln::fp4_moe_prepack(rt_of(rt), tr(weights, op, "weights"), tr(scales, op, "scales"),
-                              fp4_format_of(format, op, "format"), gated != 0, tr(packed, op, "packed"), st(stream));
+        kiln::fp4_moe_prepack(rt_of(rt), tr(weights, op, "weights"), tr(scales, op, "scales"), fp4_format_of(format),
+                              gated != 0, tr(packed, op, "packed"), st(stream));
     *out = kiln_fp4_moe_weights{w.data, w.experts, w.rows, w.k, static_cast<int>(w.format), w.gated ? 1 : 0};
   });
 }
@@ -823,7 +803,7 @@ kiln_status kiln_fp4_moe_prepack(kiln_runtime* rt, const kiln_tensor* weights, c
 kiln_status kiln_fp4_moe_max_padded_rows(kiln_runtime* rt, int64_t T, int64_t top_k, int64_t local_experts,
                                          int64_t* out) {
   return guarded([&] {
-    put(out, kiln::fp4_moe_max_padded_rows(rt_of(rt), T, top_k, local_experts), "kiln_fp4_moe_max_padded_rows");
+    put(out, "kiln_fp4_moe_max_padded_rows", [&] { return kiln::fp4_moe_max_padded_rows(rt_of(rt), T, top_k, local_experts); });
   });
 }
 
@@ -831,7 +811,8 @@ kiln_status kiln_fp4_moe_workspace_bytes(kiln_runtime* rt, int64_t T, int64_t H,
                                          const kiln_fp4_moe_options* options, int64_t local_experts, int64_t* out) {
   return guarded([&] {
     constexpr const char* op = "kiln_fp4_moe_workspace_bytes";
-    put(out, kiln::fp4_moe_workspace_bytes(rt_of(rt), T, H, I, fp4_options_of(options, op), local_experts), op);
+    const kiln::Fp4MoeOptions o = fp4_options_of(need(options, op, "options", "a kiln_fp4_moe_options"));
+    put(out, op, [&] { return kiln::fp4_moe_workspace_bytes(rt_of(rt), T, H, I, o, local_experts); });
   });
 }
 
@@ -840,9 +821,9 @@ kiln_status kiln_fp4_block_scale_moe(kiln_runtime* rt, const kiln_fp4_moe_inputs
                                      void* stream, const kiln_tensor* workspace) {
   return guarded([&] {
     constexpr const char* op = "kiln_fp4_block_scale_moe";
-    if (!inputs) throw kiln::InvalidArgument(std::string(op) + ": argument 'inputs': expected non-null");
-    if (!outputs) throw kiln::InvalidArgument(std::string(op) + ": argument 'outputs': expected non-null");
-    const kiln::Fp4MoeOptions o = fp4_options_of(options, op);
+    need(inputs, op, "inputs", "a kiln_fp4_moe_inputs");
+    need(outputs, op, "outputs", "a kiln_fp4_moe_outputs");
+    const kiln::Fp4MoeOptions o = fp4_options_of(need(options, op, "options", "a kiln_fp4_moe_options"));
     // Optional tensors: a TensorRef each, kept alive here, passed by pointer when given.
     struct Opt {
       kiln::TensorRef t;
@@ -871,8 +852,8 @@ kiln_status kiln_fp4_block_scale_moe(kiln_runtime* rt, const kiln_fp4_moe_inputs
     in.hidden_states = tr(inputs->hidden_states, op, "inputs.hidden_states");
     in.hidden_states_scale = hs.p();
     in.per_token_scale = pts.p();
-    in.w1 = fp4_weights_of(inputs->w1, op, "inputs.w1.format");
-    in.w2 = fp4_weights_of(inputs->w2, op, "inputs.w2.format");
+    in.w1 = fp4_weights_of(inputs->w1);
+    in.w2 = fp4_weights_of(inputs->w2);
     in.gemm1_bias = b1.p();
     in.gemm1_alpha = al.p();
     in.gemm1_beta = be.p();
@@ -894,7 +875,8 @@ kiln_status kiln_fp4_block_scale_moe(kiln_runtime* rt, const kiln_fp4_moe_inputs
 kiln_status kiln_fp4_moe_trtllm_scale_bytes(const kiln_fp4_host_shape* shape, int64_t* out) {
   return guarded([&] {
     constexpr const char* op = "kiln_fp4_moe_trtllm_scale_bytes";
-    put(out, kiln::fp4_moe_trtllm_scale_bytes(fp4_host_shape_of(shape, op)), op);
+    const kiln::Fp4HostShape sh = fp4_host_shape_of(shape, op);
+    put(out, op, [&] { return kiln::fp4_moe_trtllm_scale_bytes(sh); });
   });
 }
 

@@ -317,7 +317,7 @@ kiln_status kiln_fp8_gemm_prepared(kiln_runtime* rt, const kiln_tensor* a, const
 /* ---- FP4 block-scaled fused MoE (kiln/ops/fp4_moe.hpp; W4A16 on sm_90a, elsewhere KILN_ERROR_DEVICE) -----------
  * Enum values as in C++: format 0 nvfp4, 1 mxfp4; routing method 0 … 8 (kiln::Fp4MoeRoutingMethod); activation
  * 3 Swiglu, 4 Geglu, 6 Relu2, 7 Identity; hidden_format 0 bf16, 1 nvfp4, 2 mxfp8, 3 e4m3. Out-of-range values:
- * KILN_ERROR_INVALID_ARGUMENT naming the field. */
+ * KILN_ERROR_INVALID_ARGUMENT from the op, naming its argument (method, activation, hidden_format, format, w1 / w2). */
 typedef struct kiln_fp4_moe_route_options {
   int method, top_k, n_group, topk_group;
   float routed_scaling_factor;

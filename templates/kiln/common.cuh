@@ -38,6 +38,16 @@ template <> __device__ __forceinline__ f16 from_float<f16>(float v) {
   return f16{r};
 }
 
+// ---- compile-time values as arguments (one generic lambda instantiated per flag / count) -------------------------
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
+template <int V>
+struct IntC {
+  static constexpr int value = V;
+};
+
 // ---- 16-byte vectors ------------------------------------------------------------------------------------------------
 struct alignas(16) Vec16 { u32 w[4]; };
 

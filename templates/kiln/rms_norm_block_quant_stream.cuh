@@ -138,15 +138,7 @@ __device__ __forceinline__ void store_block_codes(const RmsNormBlockQuantArgs& a
     }
   }
 }
-// LEAN: a compile-time flag as a value (pass 2's full-tile and partial-tile bodies share one generic lambda).
-template <bool B>
-struct Flag {
-  static constexpr bool value = B;
-};
-template <int V>
-struct IntC {
-  static constexpr int value = V;
-};
+// (Flag / IntC, kiln/common.cuh: pass 2's full-tile and partial-tile bodies share one generic lambda.)
 // 16 bytes global → shared at a 32-bit shared address, always 16 bytes (no source-size operand).
 __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
