@@ -127,10 +127,10 @@ __device__ __forceinline__ void e4m3x2_pairs(u32 two, u32& p0, u32& p1) {
   p0 = cvt_bf16x2(f0, f0);
   p1 = cvt_bf16x2(f1, f1);
 }
-// A UE8M0 byte → bf16 pair {2^(s−127), 2^(s−127)} (s = 0: the subnormal 2^−127; s = 255: inf), or with `fold`
-// (s ≤ 127) {2^(s−1), 2^(s−1)} = 2^126 · 2^(s−127): then one multiply of the bit trick's e2m1·2^−126 gives the weight.
-__device__ __forceinline__ u32 ue8m0_pair(u32 s, bool fold) {
-  const u32 v = fold ? (s + 126u) << 7 : s != 0 ? s << 7 : 0x40u;
+// A UE8M0 byte → bf16 pair {2^(s−127), 2^(s−127)} (s = 0: the subnormal 2^−127; s = 255: inf). (The folded pairs
+// {2^(s−1), 2^(s−1)} of bytes ≤ 127 are made four at a time in the K loop.)
+__device__ __forceinline__ u32 ue8m0_pair(u32 s) {
+  const u32 v = s != 0 ? s << 7 : 0x40u;
   return v | (v << 16);
 }
 // Whether `pred` holds in every lane of the warp.
@@ -317,7 +317,7 @@ __global__ void __launch_bounds__(fp4_moe_gemm_threads(N), fp4_moe_gemm_ctas_per
 #pragma unroll
               for (int hh = 0; hh < 2; ++hh) {
                 const u32 byte = ((b < 2 ? w0 : w1) >> (8 * (2 * (b & 1) + hh))) & 0xFFu;
-                sp[2 * b][hh] = sp[2 * b + 1][hh] = f4g::ue8m0_pair(byte, false);
+                sp[2 * b][hh] = sp[2 * b + 1][hh] = f4g::ue8m0_pair(byte);
               }
           }
         }
